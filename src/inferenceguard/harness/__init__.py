@@ -1,0 +1,1 @@
+"""Evaluation harness: prompt sets, resumable runs, metrics."""

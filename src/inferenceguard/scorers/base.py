@@ -1,0 +1,86 @@
+"""The scorer contract: one small interface for reward models, cost models and judges.
+
+A scorer maps a batch of (prompt, response) pairs to floats. Responses may be partial (the search scores
+prefixes). Reward: higher is better. Cost: higher is more harmful. ``threshold`` separates the two classes
+(cost: ``score > threshold`` is unsafe; reward: ``score >= threshold`` is an acceptable, non-refusing answer).
+
+A scorer may also implement :class:`LatentScorer`: a head on the *base LM's own* hidden states. When the
+engine's LM is the model the head was trained on, the engine hands it the pooled features it already
+computed while generating, so scoring costs no extra forward pass (the text path re-encodes instead).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from inferenceguard.errors import ConfigError
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """score(prompts, responses) -> (N,) float32 tensor, plus a declared threshold."""
+
+    name: str
+    threshold: float | None
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class LatentScorer(Scorer, Protocol):
+    """A scorer that can also read pooled hidden states of a specific base LM.
+
+    Features are the mean over response tokens of the hidden states of ``layers`` (indices into
+    ``output_hidden_states``, 0 = embeddings), concatenated: (N, len(layers) * hidden).
+    """
+
+    base_identity: str
+    layers: tuple[int, ...]
+
+    def score_features(self, features: torch.Tensor) -> torch.Tensor: ...
+
+
+def check_batch(prompts: Sequence[str], responses: Sequence[str]) -> None:
+    """The validation every scorer shares: same lengths, at least one pair, strings only."""
+    if len(prompts) != len(responses):
+        raise ConfigError("responses", f"<{len(responses)} items>", f"must match prompts ({len(prompts)} items)")
+    if not prompts:
+        raise ConfigError("prompts", [], "must hold at least one (prompt, response) pair to score")
+    for arg, seq in (("prompts", prompts), ("responses", responses)):
+        bad = next((x for x in seq if not isinstance(x, str)), None)
+        if bad is not None:
+            raise ConfigError(arg, bad, "must hold only strings")
+
+
+class BatchedScorer:
+    """Base for adapters: validation and batching written once; a backend implements ``_score_batch``."""
+
+    name: str = "scorer"
+    threshold: float | None = None
+    batch_size: int = 32
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        check_batch(prompts, responses)
+        out = [
+            self._score_batch(list(prompts[i : i + self.batch_size]), list(responses[i : i + self.batch_size]))
+            for i in range(0, len(prompts), self.batch_size)
+        ]
+        return torch.cat(out).float().cpu()
+
+    def _score_batch(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def require_threshold(scorer: Scorer, role: str) -> float:
+    """A cost model must declare the threshold that separates safe from unsafe."""
+    if getattr(scorer, "threshold", None) is None:
+        raise ConfigError(
+            f"{role}.threshold",
+            None,
+            f"must be set: the {role} '{getattr(scorer, 'name', scorer)}' "
+            "declares no threshold separating safe from unsafe",
+        )
+    return float(scorer.threshold)  # type: ignore[arg-type]

@@ -1,0 +1,181 @@
+"""The engine against a slow re-encoding reference, batching invariance, ends, resampling and exhaustion."""
+
+import pytest
+import torch
+
+from inferenceguard.engine import Stack, search
+from inferenceguard.engine.search import _penalty, _Run
+from inferenceguard.engine.types import REFUSAL, SearchConfig
+from inferenceguard.errors import ConfigError
+from inferenceguard.strategies import ByReward, Unranked, preset
+from tests.stubs import CharCost, VowelReward
+from tests.utils.tiny import tiny_lm
+
+PROMPTS = ["hello there", "write a much longer poem about the sea", "x"]
+
+
+@pytest.fixture(scope="module")
+def stack():
+    return Stack(lm=tiny_lm(), reward=VowelReward(), cost=CharCost(threshold=0.05))
+
+
+def _reference_block(lm, prompt: str, n: int, tokens: int, seed: int, temperature: float = 1.0) -> torch.Tensor:
+    """Slow reference: n candidates, every token re-encodes the whole prefix (no cache), same RNG draws."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.tensor([lm.encode_prompt(prompt)] * n)
+    for _ in range(tokens):
+        logits = lm.model(input_ids=ids).logits[:, -1].float()
+        tok = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=g)
+        ids = torch.cat([ids, tok], 1)
+    return ids[:, -tokens:]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_cached_candidates_match_reencoding_reference_token_for_token(stack, temperature):
+    cfg = SearchConfig("t", Unranked(), block=12, candidates=5, keep=5, max_new_tokens=12, temperature=temperature)
+    run = _Run(stack, cfg, [PROMPTS[1]], seed=7)
+    with torch.inference_mode():
+        rows = run.prefill([stack.lm.encode_prompt(PROMPTS[1])])
+        cands = run.sample_block(rows.index(torch.zeros(5, dtype=torch.long)), 12, None)
+    ref = _reference_block(stack.lm, PROMPTS[1], 5, 12, seed=7, temperature=temperature)
+    assert torch.equal(cands.gen, ref)
+
+
+def test_cache_across_blocks_matches_reference(stack):
+    """Two blocks through select/expand still equal one uninterrupted re-encoding run (single beam)."""
+    cfg = SearchConfig("t", Unranked(), block=5, candidates=1, keep=1, max_new_tokens=10)
+    [res] = search(stack, [PROMPTS[0]], cfg, seed=3)
+    ref = _reference_block(stack.lm, PROMPTS[0], 1, 10, seed=3)[0]
+    assert stack.lm.tokenizer.encode(
+        res.response, add_special_tokens=False
+    ) == ref.tolist() or res.response == stack.lm.decode(ref.tolist())
+
+
+@pytest.mark.parametrize("method", ["sample", "inferenceguard", "bon", "beam-lagrangian", "args"])
+def test_batched_prompts_equal_one_by_one(stack, method):
+    cfg = preset(method, max_new_tokens=14, **({} if method == "args" else {"block": 5}))
+    together = search(stack, PROMPTS, cfg, seed=11)
+    alone = [search(stack, [p], cfg, seed=11)[0] for p in PROMPTS]
+    for a, b in zip(together, alone):
+        assert a.response == b.response
+        assert a.cost == pytest.approx(b.cost) and a.budget_trajectory == pytest.approx(b.budget_trajectory)
+        assert (a.lm_forward_passes, a.tokens_sampled, a.reward_calls) == (
+            b.lm_forward_passes,
+            b.tokens_sampled,
+            b.reward_calls,
+        )
+
+
+def test_same_seed_same_answer_other_seed_other_answer(stack):
+    cfg = preset("inferenceguard", max_new_tokens=12, block=4)
+    a, b, c = (search(stack, [PROMPTS[0]], cfg, seed=s)[0].response for s in (5, 5, 6))
+    assert a == b and a != c
+
+
+def test_eos_ends_early_and_max_new_tokens_holds():
+    lm = tiny_lm(eos_boost=4.0)
+    st = Stack(lm=lm, reward=VowelReward(), cost=CharCost(threshold=0.5))
+    res = search(st, PROMPTS, preset("inferenceguard", max_new_tokens=40, block=8), seed=0)
+    assert any(r.finish_reason == "eos" and r.new_tokens < 40 for r in res)
+    long = search(
+        Stack(lm=tiny_lm(), reward=VowelReward(), cost=CharCost(threshold=0.5)),
+        PROMPTS,
+        preset("sample", max_new_tokens=9, block=4),
+        seed=0,
+    )
+    assert all(r.new_tokens <= 9 for r in long)
+    assert any(r.finish_reason == "length" and r.new_tokens == 9 for r in long)
+
+
+def test_safety_filter_only_keeps_in_budget_beams(stack):
+    """beam (reward only) vs beam-safety on the same seed: the safety-aware one never ends over budget when a
+    safe candidate existed, and its trajectory never goes below zero."""
+    res = search(stack, PROMPTS, preset("inferenceguard", max_new_tokens=16, block=4, budget=0.2), seed=2)
+    for r in res:
+        if not r.exhausted:
+            assert r.safe and min(r.budget_trajectory) >= 0
+        assert all(b <= a + 1e-6 for a, b in zip(r.budget_trajectory, r.budget_trajectory[1:]))
+
+
+def test_all_unsafe_resamples_then_flags(stack):
+    """A cost model that charges every character: nothing is ever admissible."""
+    st = Stack(lm=stack.lm, reward=VowelReward(), cost=CharCost(bad=None, threshold=0.5))
+    base = dict(max_new_tokens=8, block=4, candidates=4, keep=1)
+    none = search(st, [PROMPTS[0]], preset("inferenceguard", resample_rounds=0, **base), seed=0)[0]
+    two = search(st, [PROMPTS[0]], preset("inferenceguard", resample_rounds=2, **base), seed=0)[0]
+    assert none.exhausted and not none.safe and not none.refused
+    assert two.tokens_sampled > none.tokens_sampled  # resampling rounds really sampled again
+    assert two.exhausted and two.response != REFUSAL
+
+
+def test_refuse_policy_returns_refusal(stack):
+    st = Stack(lm=stack.lm, reward=VowelReward(), cost=CharCost(bad=None, threshold=0.5))
+    r = search(st, PROMPTS[:2], preset("inferenceguard", max_new_tokens=8, block=4, on_exhausted="refuse"), seed=0)
+    assert all(x.refused and x.response.endswith(REFUSAL) and x.finish_reason == "refused" for x in r)
+
+
+def test_penalty_counts_tokens_of_unsafe_blocks_per_candidate(stack):
+    cfg = SearchConfig("t", Unranked(), block=6, candidates=4, keep=4, max_new_tokens=6)
+    run = _Run(stack, cfg, [PROMPTS[0]], seed=0)
+    with torch.inference_mode():
+        rows = run.sample_block(run.prefill([stack.lm.encode_prompt(PROMPTS[0])]).index(torch.zeros(4).long()), 6, None)
+    bad = torch.tensor([True, True, False, False])
+    pen = _penalty(rows, bad, 1, rows.logits.shape[1], strength=2.0)
+    tokens = rows.gen[:2][rows.real[:2]]  # response tokens only: EOS and padding are never penalised
+    for t in set(tokens.tolist()):
+        assert pen[0, t] == pytest.approx(2.0 * (tokens == t).sum().item() / 2)
+    assert pen.sum() == pytest.approx(2.0 * tokens.numel() / 2)
+
+
+def test_penalised_resampling_avoids_penalised_tokens(stack):
+    cfg = SearchConfig("t", Unranked(), block=6, candidates=8, keep=8, max_new_tokens=6)
+    run = _Run(stack, cfg, [PROMPTS[0]], seed=0)
+    with torch.inference_mode():
+        parent = run.prefill([stack.lm.encode_prompt(PROMPTS[0])]).index(torch.zeros(8).long())
+        first = run.sample_block(parent, 6, None)
+        pen = _penalty(first, torch.ones(8, dtype=torch.bool), 1, first.logits.shape[1], strength=50.0)
+        again = run.sample_block(parent, 6, pen)
+    used = set(first.gen.flatten().tolist())
+    assert sum(t in used for t in again.gen.flatten().tolist()) < 0.2 * again.gen.numel()
+
+
+def test_counters_and_fields():
+    never_ends = Stack(lm=tiny_lm(eos_boost=-50.0), reward=VowelReward(), cost=CharCost(threshold=0.05))
+    [r] = search(never_ends, [PROMPTS[0]], preset("inferenceguard", max_new_tokens=8, block=4, candidates=4), seed=0)
+    assert r.lm_forward_passes == 1 + 8  # prefill, then one batched call per token for all candidates
+    assert r.tokens_sampled == 4 * 8 and r.new_tokens == 8 and r.finish_reason == "length"
+    assert r.cost_calls == 8 and r.reward_calls == 8  # 4 candidates x 2 steps; the final reward is reused
+    assert r.scorer_calls == r.cost_calls + r.reward_calls
+    assert r.budget == pytest.approx(0.05) and len(r.budget_trajectory) == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, arg",
+    [
+        (dict(keep=8, candidates=4), "keep"),
+        (dict(block=0), "block"),
+        (dict(budget=0.0), "budget"),
+        (dict(budget=-1.0), "budget"),
+        (dict(temperature=0.0), "temperature"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(on_exhausted="pray"), "on_exhausted"),
+    ],
+)
+def test_bad_settings_name_the_argument(kwargs, arg):
+    with pytest.raises(ConfigError, match=f"'{arg}'"):
+        SearchConfig("t", ByReward(), **kwargs)
+
+
+def test_bad_input_errors(stack):
+    with pytest.raises(ConfigError, match="method"):
+        preset("nope")
+    with pytest.raises(ConfigError, match=r"prompts\[1\]"):
+        search(stack, ["ok", "  "], preset("sample"))
+    with pytest.raises(ConfigError, match=r"prompts\[0\]"):
+        search(stack, ["a" * 600], preset("sample"))
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        search(stack, ["a" * 400], preset("sample", max_new_tokens=200))
+    with pytest.raises(ConfigError, match="cost_model.threshold"):
+        search(Stack(lm=stack.lm, reward=VowelReward(), cost=CharCost(threshold=None)), ["hi"], preset("sample"))
+    with pytest.raises(ConfigError, match="critic"):
+        search(stack, ["hi"], preset("inferenceguard-critic", max_new_tokens=4))

@@ -1,0 +1,78 @@
+"""Tiny random models built in-process: no files, no network, a fraction of a second."""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from inferenceguard.models import LM
+
+SPECIALS = ["<pad>", "<eos>", "<bos>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
+def byte_tokenizer(chat: bool = True) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with no merges: 256 byte tokens plus <pad>, <eos>, <bos> (vocab 259)."""
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {tok: i + len(SPECIALS) for i, tok in enumerate(sorted(alphabet))}
+    vocab.update({s: i for i, s in enumerate(SPECIALS)})
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(SPECIALS)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
+    if chat:
+        fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def tiny_llama(seed: int = 0, hidden: int = 64, layers: int = 2, vocab: int = 259) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_lm(seed: int = 0, chat: bool = True, eos_boost: float = 0.0, **kw) -> LM:
+    """A tiny random LM handle; ``eos_boost`` raises the EOS logit bias so sequences end early."""
+    model = tiny_llama(seed, **kw)
+    if eos_boost:
+        with torch.no_grad():
+            model.lm_head.weight[1].zero_()
+            model.lm_head.bias = None
+        model.lm_head = _Biased(model.lm_head, eos_boost)
+    return LM(
+        model=model,
+        tokenizer=byte_tokenizer(chat),
+        identity=f"tiny-llama-{seed}",
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        eos_ids=frozenset({1}),
+    )
+
+
+class _Biased(torch.nn.Module):
+    def __init__(self, head: torch.nn.Linear, eos_boost: float):
+        super().__init__()
+        self.head, self.eos_boost = head, eos_boost
+        self.weight = head.weight
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        out = self.head(h)
+        out[..., 1] += self.eos_boost
+        return out
