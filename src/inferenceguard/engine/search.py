@@ -43,6 +43,7 @@ class Rows:
     cost: torch.Tensor  # (R,) cost model on the current prefix
     z: torch.Tensor  # (R,) safety state
     z_hist: torch.Tensor  # (R, S) safety state after each step
+    h_hist: torch.Tensor  # (R, S, H) last hidden state after each step when cfg.record_hidden, else (R, 0, H)
     done: torch.Tensor  # (R,) bool: ended (EOS or max new tokens)
     logp: torch.Tensor  # (R,) log-probability of the current block
     reward: torch.Tensor  # (R,) reward of the prefix (nan when not computed)
@@ -146,6 +147,7 @@ class _Run:
             cost=zeros,
             z=safety.init(self.budget, self.B, dev),
             z_hist=torch.zeros(self.B, 0, device=dev),
+            h_hist=torch.zeros(self.B, 0, self.lm.hidden_size, device=dev),
             done=zeros.bool(),
             logp=zeros,
             reward=torch.full((self.B,), float("nan"), device=dev),
@@ -209,7 +211,9 @@ class _Run:
         if self.cfg.select.needs_reward:
             reward = stack.reward.score(prompts, texts).to(dev)
             self.counts["reward"] += bc
-        return replace(rows, cost=cost_now, z=z, z_hist=torch.cat([rows.z_hist, z[:, None]], 1), reward=reward)
+        h_hist = torch.cat([rows.h_hist, rows.h[:, None]], 1) if self.cfg.record_hidden else rows.h_hist
+        return replace(rows, cost=cost_now, z=z, z_hist=torch.cat([rows.z_hist, z[:, None]], 1), h_hist=h_hist,
+                       reward=reward)
 
     def candidates(self, rows: Rows) -> Candidates:
         """What the selector sees; the critic reads the hidden states the sampling pass already produced."""
@@ -288,6 +292,7 @@ class _Hyp:
     cost: float
     reward: float
     z_hist: list[float]
+    h_hist: torch.Tensor  # (S, H), empty unless cfg.record_hidden
     finish: str
     h: torch.Tensor
 
@@ -377,6 +382,7 @@ def _hyp(rows: Rows, i: int, finish: str) -> _Hyp:
         cost=float(rows.cost[i]),
         reward=float(rows.reward[i]),
         z_hist=rows.z_hist[i].tolist(),
+        h_hist=rows.h_hist[i].cpu(),
         finish=finish,
         h=rows.h[i],
     )
@@ -450,7 +456,8 @@ def _finish(
             run.counts["cost"][b] += 1
             run.counts["reward"][b] += 1
             z_hist = [float(safety.step(torch.tensor(d), torch.tensor(max(cost, 0.0)), cfg.gamma))]
-            h = _Hyp(ids=[], z=z_hist[0], cost=cost, reward=reward, z_hist=z_hist, finish="refused", h=torch.zeros(0))
+            h = _Hyp(ids=[], z=z_hist[0], cost=cost, reward=reward, z_hist=z_hist, finish="refused", h=torch.zeros(0),
+                     h_hist=torch.zeros(0, lm.hidden_size))
             response, n_new = text, 0
         else:
             h = best[b]
@@ -479,6 +486,7 @@ def _finish(
                 seconds=0.0,
                 seed=int(run.gens[b].initial_seed()),
                 extra={"prompt_tokens": len(ids[b])},
+                hidden_trajectory=h.h_hist if cfg.record_hidden else None,
             )
         )
     return results

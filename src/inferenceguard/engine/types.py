@@ -85,6 +85,7 @@ class SearchConfig:
     on_exhausted: Literal["flag", "refuse"] = "flag"
     refusal: str = REFUSAL
     steer: Any = None  # an optional hidden-state transform before the LM head (RE-Control)
+    record_hidden: bool = False  # keep each answer's hidden state at every step boundary (critic rollouts)
 
     def __post_init__(self) -> None:
         if self.block is not None and (not isinstance(self.block, int) or self.block < 1):
@@ -138,6 +139,7 @@ class Result:
     seconds: float
     seed: int
     extra: dict[str, Any] = field(default_factory=dict)
+    hidden_trajectory: torch.Tensor | None = None  # (S, H) when cfg.record_hidden; never serialised
 
     @property
     def scorer_calls(self) -> int:
@@ -147,5 +149,6 @@ class Result:
         from dataclasses import asdict
 
         d = asdict(self)
+        d.pop("hidden_trajectory")
         d["scorer_calls"] = self.scorer_calls
         return d
