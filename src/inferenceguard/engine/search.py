@@ -13,7 +13,8 @@ masked padding after an end), so one forward call serves all candidates of all p
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -97,20 +98,30 @@ class _Run:
         self.counts = {
             k: torch.zeros(self.B, dtype=torch.long) for k in ("forward", "reward", "cost", "critic", "sampled")
         }
+        self.seconds = dict.fromkeys(("lm", "cost", "reward", "critic"), 0.0)  # where the time goes
+
+    @contextmanager
+    def timed(self, part: str) -> Iterator[None]:
+        t = time.perf_counter()
+        yield
+        if self.lm.device.type == "cuda":
+            torch.cuda.synchronize(self.lm.device)
+        self.seconds[part] += time.perf_counter() - t
 
     # -- the LM -------------------------------------------------------------------------------------------
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, cache: Any, prompt: torch.Tensor):
         """ids (R, t), mask (R, T_past + t) -> logits (R, V), last hidden (R, t, H), pooled features (R, t, F)."""
         pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
-        out = self.lm.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=pos,
-            past_key_values=cache,
-            use_cache=True,
-            output_hidden_states=True,
-            logits_to_keep=1,
-        )
+        with self.timed("lm"):
+            out = self.lm.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                past_key_values=cache,
+                use_cache=True,
+                output_hidden_states=True,
+                logits_to_keep=1,
+            )
         self.counts["forward"] += torch.bincount(prompt.cpu(), minlength=self.B).clamp(max=1)
         hs = out.hidden_states
         h = hs[-1][:, -1].float()
@@ -128,10 +139,9 @@ class _Run:
         pad, dev = self.lm.pad_id, self.lm.device
         ids = torch.tensor([[pad] * (T - len(p)) + p for p in prompt_ids], device=dev)
         mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompt_ids], device=dev)
-        from transformers import DynamicCache
-
         prompt = torch.arange(self.B, device=dev)
-        logits, h, _, cache = self.forward(ids, mask, DynamicCache(config=self.lm.model.config), prompt)
+        cache = kv.new_cache(self.lm.model.config, T + self.cfg.max_new_tokens)
+        logits, h, _, cache = self.forward(ids, mask, cache, prompt)
         empty = torch.zeros(self.B, 0, dtype=torch.long, device=dev)
         F = len(self.layers) * self.lm.hidden_size
         zeros = torch.zeros(self.B, device=dev)
@@ -155,7 +165,9 @@ class _Run:
 
     # -- one step -----------------------------------------------------------------------------------------
     def sample_block(self, rows: Rows, n_tokens: int, penalty: torch.Tensor | None) -> Rows:
-        """Extend every row by up to n_tokens sampled tokens, feeding each one through the shared cache."""
+        """Extend every row by up to n_tokens sampled tokens, feeding each one through the shared cache.
+        Consumes ``rows.cache`` (written in place): pass rows made by ``Rows.index``, never a parent kept
+        for resampling."""
         cfg, lm = self.cfg, self.lm
         segments = _segments(rows.prompt)
         gen, real, mask, cache, logits = [rows.gen], [rows.real], rows.mask, rows.cache, rows.logits
@@ -200,16 +212,18 @@ class _Run:
         bc = torch.bincount(rows.prompt.cpu(), minlength=self.B)
         texts = self.texts(rows) if not self.latent or self.cfg.select.needs_reward else []
         prompts = [self.prompts[i] for i in rows.prompt.tolist()]
-        if self.latent:
-            n_tok = rows.real.sum(1, keepdim=True).clamp(min=1)
-            cost_now = stack.cost.score_features(rows.feats / n_tok).to(dev)  # type: ignore[union-attr]
-        else:
-            cost_now = stack.cost.score(prompts, texts).to(dev)
+        with self.timed("cost"):
+            if self.latent:
+                n_tok = rows.real.sum(1, keepdim=True).clamp(min=1)
+                cost_now = stack.cost.score_features(rows.feats / n_tok).to(dev)  # type: ignore[union-attr]
+            else:
+                cost_now = stack.cost.score(prompts, texts).to(dev)
         self.counts["cost"] += bc
         z = safety.step(rows.z, safety.step_cost(cost_now, rows.cost), self.cfg.gamma)
         reward = rows.reward
         if self.cfg.select.needs_reward:
-            reward = stack.reward.score(prompts, texts).to(dev)
+            with self.timed("reward"):
+                reward = stack.reward.score(prompts, texts).to(dev)
             self.counts["reward"] += bc
         h_hist = torch.cat([rows.h_hist, rows.h[:, None]], 1) if self.cfg.record_hidden else rows.h_hist
         return replace(rows, cost=cost_now, z=z, z_hist=torch.cat([rows.z_hist, z[:, None]], 1), h_hist=h_hist,
@@ -221,7 +235,8 @@ class _Run:
         if self.cfg.select.needs_critic:
             if self.stack.critic is None:
                 raise ConfigError("critic", None, f"must be given: method '{self.cfg.method}' needs a critic")
-            p_safe, value = self.stack.critic.evaluate(rows.h, rows.z / self.budget)
+            with self.timed("critic"):
+                p_safe, value = self.stack.critic.evaluate(rows.h, rows.z / self.budget)
             self.counts["critic"] += torch.bincount(rows.prompt.cpu(), minlength=self.B)
         return Candidates(
             prompt=rows.prompt,
@@ -255,13 +270,15 @@ def _first_of_group(prompt: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _sample(logits: torch.Tensor, segments: list[tuple[int, int, int]], gens: list[torch.Generator]) -> torch.Tensor:
-    """One token per row; each prompt draws from its own generator, so a prompt's tokens do not depend on
-    which other prompts share the batch."""
-    probs = torch.softmax(logits, -1)
-    out = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
+    """One token per row by inverse-CDF sampling (one uniform per row, far cheaper than multinomial over a
+    large vocabulary). Each prompt draws from its own generator, so a prompt's tokens do not depend on which
+    other prompts share the batch."""
+    cdf = torch.softmax(logits, -1).cumsum(-1)
+    u = torch.empty(logits.shape[0], 1, device=logits.device)
     for b, s, e in segments:
-        out[s:e] = torch.multinomial(probs[s:e], 1, generator=gens[b]).squeeze(1)
-    return out
+        u[s:e] = torch.rand(e - s, 1, generator=gens[b], device=logits.device)
+    tok = torch.searchsorted(cdf, u * cdf[:, -1:]).squeeze(1)
+    return tok.clamp(max=logits.shape[1] - 1)
 
 
 def _rank_in_prompt(score: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
@@ -366,8 +383,11 @@ def search(
             _commit(run, rows, pool, committed, refused, on_commit)
     results = _finish(run, pool, exhausted, refused, committed, ids)
     seconds = (time.perf_counter() - t0) / B
+    parts = {k: v / B for k, v in run.seconds.items()}
+    parts["other"] = max(0.0, seconds - sum(parts.values()))
     for r in results:
         r.seconds = seconds
+        r.extra["seconds_by_part"] = parts
     return results
 
 
@@ -429,7 +449,8 @@ def _finish(
         prompts = [run.prompts[b] for b, _ in flat]
         missing = [i for i, (_, h) in enumerate(flat) if h.reward != h.reward]
         if missing:
-            got = run.stack.reward.score([prompts[i] for i in missing], [texts[i] for i in missing]).tolist()
+            with run.timed("reward"):
+                got = run.stack.reward.score([prompts[i] for i in missing], [texts[i] for i in missing]).tolist()
             for i, r in zip(missing, got):
                 flat[i][1].reward = r
             run.counts["reward"] += torch.bincount(torch.tensor([flat[i][0] for i in missing]), minlength=run.B)
@@ -451,8 +472,10 @@ def _finish(
     for b, prompt in enumerate(run.prompts):
         if refused[b] or b not in best:
             text = (lm.decode(committed[b]) + " " if committed[b] else "") + cfg.refusal
-            cost = float(run.stack.cost.score([prompt], [text])[0])
-            reward = float(run.stack.reward.score([prompt], [text])[0])
+            with run.timed("cost"):
+                cost = float(run.stack.cost.score([prompt], [text])[0])
+            with run.timed("reward"):
+                reward = float(run.stack.reward.score([prompt], [text])[0])
             run.counts["cost"][b] += 1
             run.counts["reward"][b] += 1
             z_hist = [float(safety.step(torch.tensor(d), torch.tensor(max(cost, 0.0)), cfg.gamma))]
