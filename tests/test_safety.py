@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -22,14 +24,14 @@ def _run(d: float, prefix_costs: list[float], gamma: float = 1.0) -> list[float]
 @given(st.floats(0.01, 5), costs)
 def test_z_never_increases(d, prefix_costs):
     traj = [d, *_run(d, prefix_costs)]
-    assert all(b <= a + 1e-6 for a, b in zip(traj, traj[1:]))
+    assert all(b <= a + 1e-6 for a, b in itertools.pairwise(traj))
 
 
 @given(st.floats(0.01, 5), costs, st.floats(0.5, 1.0))
 def test_discounted_budget_never_increases(d, prefix_costs, gamma):
     traj = _run(d, prefix_costs, gamma)
     disc = [d] + [gamma ** (k + 1) * z for k, z in enumerate(traj)]
-    assert all(b <= a + 1e-5 for a, b in zip(disc, disc[1:]))
+    assert all(b <= a + 1e-5 for a, b in itertools.pairwise(disc))
 
 
 @given(st.floats(0.01, 5), costs)

@@ -187,7 +187,7 @@ def test_bad_input_errors(stack):
         search(stack, ["a" * 600], preset("sample"))
     with pytest.raises(ConfigError, match="max_new_tokens"):
         search(stack, ["a" * 400], preset("sample", max_new_tokens=200))
-    with pytest.raises(ConfigError, match="cost_model.threshold"):
+    with pytest.raises(ConfigError, match=r"cost_model\.threshold"):
         search(Stack(lm=stack.lm, reward=VowelReward(), cost=CharCost(threshold=None)), ["hi"], preset("sample"))
     with pytest.raises(ConfigError, match="critic"):
         search(stack, ["hi"], preset("inferenceguard-critic", max_new_tokens=4))

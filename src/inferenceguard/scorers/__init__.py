@@ -1,0 +1,6 @@
+"""Reward models, cost models and harm judges behind one small interface (see ``base``)."""
+
+from inferenceguard.scorers.base import BatchedScorer, LatentScorer, Scorer, require_threshold
+from inferenceguard.scorers.defaults import default_stack_info, load_scorer
+
+__all__ = ["BatchedScorer", "LatentScorer", "Scorer", "default_stack_info", "load_scorer", "require_threshold"]
