@@ -104,7 +104,8 @@ def generate(
                 r.response or "[dim](empty)[/]",
                 title=r.prompt[:80],
                 subtitle=(
-                    f"{verdict}  cost {r.cost:.3f}  budget left {r.budget_left:.3f}/{r.budget:g}  reward {r.reward:.2f}  "
+                    f"{verdict}  cost {r.cost:.3f}  budget left {r.budget_left:.3f}/{r.budget:g}  "
+                    f"reward {r.reward:.2f}  "
                     f"{r.new_tokens} tokens  {r.seconds:.1f}s"
                 ),
             )
@@ -148,6 +149,215 @@ def build_scorers(
     target = out or Path(__file__).parent / "assets" / "scorers"
     manifest = build_default_heads(target, seed=seed)
     print(json.dumps(manifest, indent=2))
+
+
+@app.command("eval")
+def eval_(
+    prompts: Annotated[
+        list[str],
+        typer.Option(
+            "--prompts",
+            help="Prompt set (advbench, harmbench, donotanswer, benign, rho-benign, rho-harmful), a file (one "
+            "prompt per line, JSONL or CSV with 'prompt') or hf:DATASET[:split][:column]; NAME:N or FILE:N takes "
+            "the first N (e.g. advbench:50); repeat for several.",
+        ),
+    ],
+    methods: Annotated[str, typer.Option(help="Comma-separated methods, e.g. sample,bon-safety,inferenceguard.")],
+    out: Annotated[Path, typer.Option(help="Run folder: results.jsonl, config.json, summary.*, report.html.")],
+    limit: Annotated[
+        int | None, typer.Option(help="At most N prompts per set (the first N unless --sample-seed).")
+    ] = None,
+    sample_seed: Annotated[int | None, typer.Option(help="With --limit: draw the N prompts at random.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Maximum response length in tokens.")] = 64,
+    seed: Annotated[int, typer.Option(help="Random seed (every prompt draws from its own seeded generator).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Prompts searched together.")] = 4,
+    budget: Annotated[float | None, typer.Option(help="Safety budget d (default: the cost model's threshold).")] = None,
+    candidates: Annotated[int | None, typer.Option(help="N: candidates per step, for every method.")] = None,
+    beams: Annotated[int | None, typer.Option(help="K: beams kept per step (default N/4).")] = None,
+    block: Annotated[int | None, typer.Option(help="Tokens per search step.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
+    on_exhausted: Annotated[str | None, typer.Option(help="When no safe candidate remains: flag | refuse.")] = None,
+    critic: Annotated[
+        str | None, typer.Option(help="Critic folder (default: the shipped critic when it fits the model).")
+    ] = None,
+    judge: Annotated[str | None, typer.Option("--judge", help="Independent judge spec (default: embedded).")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    model: ModelOpt = None,
+    reward_model: RewardOpt = None,
+    cost_model: CostOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+) -> None:
+    """Evaluate methods on prompt sets: resumable results.jsonl, summary table, Pareto plot and report.html."""
+    _env()
+    from inferenceguard.guard import Guard
+    from inferenceguard.harness.run import load_sources, resolve_methods, run_eval
+    from inferenceguard.report import build
+
+    settings = dict(
+        budget=budget,
+        candidates=candidates,
+        keep=beams,
+        block=block,
+        temperature=temperature,
+        on_exhausted=on_exhausted,
+    )
+    resolve_methods(methods, max_new_tokens, settings)  # validate before loading any model
+    if out.exists() and not out.is_dir():
+        raise ConfigError("--out", str(out), "must be a folder (it is a file)")
+    sources = load_sources(prompts, limit=limit, sample_seed=sample_seed)
+    guard = Guard(
+        model, reward_model, cost_model, critic=critic, judge=judge, device=device, dtype=dtype, load_judge=True
+    )
+    run_eval(
+        guard.stack,
+        sources,
+        methods,
+        out,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        settings=settings,
+        progress=progress,
+    )
+    _print_report(build(out))
+
+
+@app.command()
+def report(out: Annotated[Path, typer.Argument(help="An evaluation folder written by `inferenceguard eval`.")]) -> None:
+    """Regenerate summary.json, summary.md, the plots and report.html from an evaluation's results.jsonl."""
+    from inferenceguard.report import build
+
+    _print_report(build(out))
+
+
+def _print_report(built: dict) -> None:
+    from inferenceguard.report.summary import markdown
+
+    print(markdown(built["summary"]))
+    for w in built["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    print("wrote: " + ", ".join(built["written"]), file=sys.stderr)
+
+
+@app.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+    add_help_option=False,
+)
+def serve(ctx: typer.Context) -> None:
+    """Serve an OpenAI-compatible API that guards every answer (all flags: inferenceguard serve --help)."""
+    _env()
+    try:
+        import uvicorn
+        from pydantic import ValidationError
+
+        from inferenceguard.server import ServerSettings, create_app
+        from inferenceguard.server.app import load_guard
+    except ImportError as e:
+        from inferenceguard.errors import need_package
+
+        raise need_package(e.name or "fastapi", "inferenceguard serve", "pip install 'inferenceguard[server]'") from e
+    try:
+        settings = ServerSettings.from_cli(ctx.args)  # flags from the settings schema; --help lists them
+    except ValidationError as e:
+        err = e.errors()[0]
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, ConfigError):  # a cross-field check of the settings
+            raise ConfigError("--" + cause.arg.replace("_", "-"), cause.value, cause.expected) from e
+        arg = "--" + "-".join(map(str, err["loc"])).replace("_", "-")
+        raise ConfigError(arg, err.get("input"), err["msg"]) from e
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
+        print(
+            f"warning: serving on {settings.host} without --api-key: anyone who can reach it may use it",
+            file=sys.stderr,
+        )
+    print(f"loading the model stack for '{settings.served_model_name}' ...", file=sys.stderr)
+    guard = load_guard(settings)  # before binding the port: a missing asset exits 1 with one clear line
+    app_ = create_app(settings, guard)
+    uvicorn.run(app_, host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+@app.command("train-critic")
+def train_critic(
+    prompts: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated sets (advbench, harmbench, donotanswer, benign; ':N' draws N) and/or prompt "
+            "files. Default: advbench:100,harmbench:50,donotanswer:50,benign:100. The evaluation prompts (first "
+            "50 AdvBench, first 30 benign) are always left out."
+        ),
+    ] = None,
+    rollouts: Annotated[int, typer.Option(help="Rollouts per prompt (paper: 5).")] = 5,
+    out: Annotated[
+        Path | None, typer.Option(help="Critic folder (default: the package's assets/critic, default model only).")
+    ] = None,
+    rollout_dir: Annotated[
+        Path | None, typer.Option(help="Where rollouts are stored (default: INFERENCEGUARD_HOME/critic-rollouts/...).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted collection in --rollout-dir.")] = False,
+    block: Annotated[int, typer.Option(help="Tokens per block: the InferenceGuard block the critic will guide.")] = 16,
+    max_new_tokens: Annotated[int, typer.Option(help="Response length of the rollouts.")] = 64,
+    batch_prompts: Annotated[int, typer.Option(help="Prompts per batch (and per shard).")] = 32,
+    budget_min: Annotated[float | None, typer.Option(help="Lowest budget d drawn (default 0.75 x threshold).")] = None,
+    budget_max: Annotated[float | None, typer.Option(help="Highest budget d drawn (default 1.25 x threshold).")] = None,
+    gamma: Annotated[float, typer.Option(help="Discount of the value target.")] = 0.999,
+    epochs: Annotated[int, typer.Option(help="Most training epochs (early stopping on validation loss).")] = 100,
+    val_share: Annotated[float, typer.Option(help="Share of prompts held out for validation.")] = 0.2,
+    seed: Annotated[int, typer.Option(help="Rollout, split and training seed.")] = 0,
+    threads: Annotated[
+        int, typer.Option(help="torch threads (1: ~20x faster than 2 on a busy 2-core CPU; raise on a free one).")
+    ] = 1,
+    model: ModelOpt = None,
+    reward_model: RewardOpt = None,
+    cost_model: CostOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+) -> None:
+    """Collect base-model rollouts (resumable) and train the latent critic for inferenceguard-critic."""
+    _env()
+    import re
+
+    from inferenceguard.models.loading import home
+    from inferenceguard.training.rollouts import RolloutConfig
+    from inferenceguard.training.train_critic import TrainConfig, build_critic
+
+    if out is None and model not in (None, "", "default", "smollm2"):
+        raise ConfigError(
+            "--out", None, "must be given when --model is not the default (the shipped critic is for the default model)"
+        )
+    if (budget_min is None) != (budget_max is None):
+        raise ConfigError("--budget-min", budget_min, "and --budget-max must be given together")
+    if threads < 1:
+        raise ConfigError("--threads", threads, "must be >= 1")
+    import torch
+
+    torch.set_num_threads(threads)
+    rcfg = RolloutConfig(
+        rollouts=rollouts, block=block, max_new_tokens=max_new_tokens, batch_prompts=batch_prompts, seed=seed
+    )
+    tcfg = TrainConfig(
+        budget_range=None if budget_min is None else (budget_min, budget_max),
+        gamma=gamma,
+        epochs=epochs,
+        val_share=val_share,
+        seed=seed,
+    )
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model or "smollm2").strip("_")[-60:]
+    folder = rollout_dir or home() / "critic-rollouts" / f"{slug}-b{block}-t{max_new_tokens}-r{rollouts}-s{seed}"
+    summary = build_critic(
+        out or Path(__file__).parent / "assets" / "critic",
+        folder,
+        prompts or "",
+        rcfg,
+        tcfg,
+        model=model,
+        reward_model=reward_model,
+        cost_model=cost_model,
+        device=device,
+        dtype=dtype,
+        resume=resume,
+    )
+    print(json.dumps(summary, indent=2))
 
 
 def main() -> None:

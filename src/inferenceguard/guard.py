@@ -14,7 +14,7 @@ from inferenceguard.engine import Result, Stack, search
 from inferenceguard.engine.types import Critic
 from inferenceguard.errors import ConfigError
 from inferenceguard.scorers.base import Scorer
-from inferenceguard.strategies import preset
+from inferenceguard.strategies import bind, preset
 
 
 class Guard:
@@ -68,7 +68,7 @@ class Guard:
             raise ConfigError("prompts", prompts, "must hold at least one prompt")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError("batch_size", batch_size, "must be an integer >= 1")
-        cfg = preset(method, **settings)
+        cfg = bind(preset(method, **settings), self.stack)  # RE-Control's steer gets the stack's critic
         chunks = [list(prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)]
         results: list[Result] = []
         bar = None
@@ -90,11 +90,22 @@ class Guard:
 
 
 def _load_critic(critic: str | Critic | None, lm: Any) -> Critic | None:
-    if critic is None or not isinstance(critic, str):
+    """None: the shipped default critic when it was trained for this LM, else no critic (a method that needs
+    one then fails with the engine's error); a path or "default": that critic, refused unless it fits."""
+    if critic is not None and not isinstance(critic, str):
         return critic
-    from inferenceguard.critic import load_critic
+    from inferenceguard.critic import ASSET_DIR, CONFIG, check_fits, load_critic, read_critic_config
+    from inferenceguard.errors import CriticMismatchError
 
-    return load_critic(critic, lm)
+    if critic is not None:
+        return load_critic(critic, lm)
+    if not (ASSET_DIR / CONFIG).is_file():
+        return None
+    try:
+        check_fits(read_critic_config(ASSET_DIR), lm)
+    except CriticMismatchError:
+        return None
+    return load_critic("default", lm)
 
 
 def stack_info() -> dict[str, Any]:

@@ -5,14 +5,16 @@ scaled to a 2-core CPU; docs/methods.md gives each default and why.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import functools
+import inspect
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from inferenceguard import safety
-from inferenceguard.engine.types import Candidates, SearchConfig
-from inferenceguard.errors import ConfigError
+from inferenceguard.engine.types import Candidates, SearchConfig, Stack
+from inferenceguard.errors import ConfigError, InferenceGuardError
 
 BLOCK, CANDIDATES, KEEP, ROUNDS = 16, 16, 4, 2  # paper: 32 / 128 / 32 / 2 (GPU, 7B model)
 
@@ -91,6 +93,108 @@ class CriticValue:
         return c.value, safety.is_safe(c.z) & (c.p_safe >= self.threshold)  # type: ignore[return-value,operator]
 
 
+@dataclass(frozen=True)
+class ValueSteer:
+    """RE-Control (Kong et al. 2024) as an engine ``steer`` hook: before sampling each token, move the last
+    hidden state h up the gradient of a value network, h <- h + step_size * grad V(h), ``steps`` times, then
+    recompute the logits with the LM head: logits = lm.model.get_output_embeddings()(h').
+
+    The value network is the critic's value head on [h, z/d] with z/d = 1 (a full budget): RE-Control trains
+    its value net on rollouts of the base model labelled with the final reward, which is exactly the data the
+    critic pipeline collects, so the critic's V_task head is reused rather than training a second network.
+    With ``lam`` > 0 (RE-Control + Lagrangian) the ascent target is V - lam * (1 - p_safe).
+
+    Paper (method.md §5): 30 steps, step size 0.5, kept as defaults: the critic is a small MLP, so the 30
+    forward/backward passes on the (R, H) hidden states cost far less than the LM forward they follow.
+    ``critic`` is filled in from the stack by :func:`bind`; it takes no part in comparisons or hashing.
+    """
+
+    steps: int = 30
+    step_size: float = 0.5
+    lam: float = 0.0
+    critic: Any = field(default=None, compare=False, repr=False)
+    needs_critic: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 0:
+            raise ConfigError("steps", self.steps, "must be an integer >= 0")
+        if not self.step_size > 0:
+            raise ConfigError("step_size", self.step_size, "must be > 0")
+        if not self.lam >= 0:
+            raise ConfigError("lam", self.lam, "must be >= 0")
+
+    def objective(self, h: torch.Tensor) -> torch.Tensor:
+        """h (R, H) float32 -> (R,) the quantity the ascent maximises, differentiable in h.
+
+        ``Critic.evaluate`` usually runs under ``torch.inference_mode()`` (the engine's hot path); its
+        undecorated function (``inspect.unwrap``) computes the same heads with autograd.
+        """
+        evaluate = self.critic.evaluate
+        if hasattr(evaluate, "__func__"):
+            evaluate = functools.partial(inspect.unwrap(evaluate.__func__), self.critic)
+        p_safe, value = evaluate(h, torch.ones(h.shape[0], device=h.device))
+        return value - self.lam * (1 - p_safe) if self.lam else value
+
+    def ascend(self, h: torch.Tensor) -> torch.Tensor:
+        """h (R, H) -> h' (R, H) after ``steps`` gradient-ascent steps, as an ordinary (non-inference) tensor.
+
+        The engine runs under ``torch.inference_mode()``; autograd needs ordinary tensors, so the state is
+        cloned with inference mode switched off and gradients switched on.
+        """
+        if self.critic is None:
+            raise ConfigError("critic", None, "must be bound to the steer (strategies.bind) before RE-Control runs")
+        with torch.inference_mode(False), torch.enable_grad():
+            x = h.detach().clone().float()
+            for _ in range(self.steps):
+                x.requires_grad_(True)
+                obj = self.objective(x)
+                if not obj.requires_grad:
+                    raise InferenceGuardError(
+                        f"the critic '{type(self.critic).__name__}' returns no gradient for its input: RE-Control "
+                        "needs a differentiable value network (evaluate() must not run under no_grad)"
+                    )
+                (grad,) = torch.autograd.grad(obj.sum(), x)
+                x = (x + self.step_size * grad).detach()
+        return x
+
+    def __call__(self, lm: Any, h: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """h (R, H) float32 last hidden state, logits (R, V) float32 -> steered logits (R, V) float32."""
+        if self.steps == 0:
+            return logits
+        x = self.ascend(h)
+        head = lm.model.get_output_embeddings()
+        return head(x.to(head.weight.dtype)).float()  # the head's own dtype (bf16 models), logits back in fp32
+
+
+def needs_critic(cfg: SearchConfig) -> bool:
+    """Whether the method reads the critic: in its selector (InferenceGuard + critic) or its steer (RE-Control)."""
+    return bool(getattr(cfg.select, "needs_critic", False) or getattr(cfg.steer, "needs_critic", False))
+
+
+def bind(cfg: SearchConfig, stack: Stack) -> SearchConfig:
+    """The configuration ready for ``stack``: a method that needs a critic gets a clear error when the stack
+    has none fitting its LM, and RE-Control's steer receives the stack's critic."""
+    if not needs_critic(cfg):
+        return cfg
+    critic, lm_id = stack.critic, stack.lm.identity
+    if critic is None:
+        raise ConfigError(
+            "critic",
+            None,
+            f"must be available: method '{cfg.method}' needs a critic, and none fits the base model '{lm_id}' "
+            "(train one with `inferenceguard train-critic`, pass --critic FILE, or pick a method without a critic)",
+        )
+    if getattr(critic, "base_identity", lm_id) != lm_id:
+        raise ConfigError(
+            "critic",
+            critic.base_identity,
+            f"must be trained on the base model in use ('{lm_id}') for method '{cfg.method}'",
+        )
+    if isinstance(cfg.steer, ValueSteer) and cfg.steer.critic is not critic:
+        cfg = replace(cfg, steer=replace(cfg.steer, critic=critic))
+    return cfg
+
+
 def _sample() -> SearchConfig:
     return SearchConfig("sample", Unranked(), block=BLOCK, candidates=1, keep=1)
 
@@ -111,6 +215,11 @@ def _ig(name: str, sel: Any) -> SearchConfig:
     return SearchConfig(name, sel, block=BLOCK, candidates=CANDIDATES, keep=KEEP, resample_rounds=ROUNDS)
 
 
+def _recontrol(name: str, steer: ValueSteer) -> SearchConfig:
+    """Plain sampling (one candidate), every token drawn from the steered logits."""
+    return SearchConfig(name, Unranked(), block=BLOCK, candidates=1, keep=1, steer=steer)
+
+
 PRESETS: dict[str, SearchConfig] = {
     "sample": _sample(),
     "bon": _bon("bon", ByReward()),
@@ -124,6 +233,8 @@ PRESETS: dict[str, SearchConfig] = {
     "args-cost": _args("args-cost", Args(guidance="cost", safety=True)),
     "inferenceguard": _ig("inferenceguard", ByReward(safety=True)),
     "inferenceguard-critic": _ig("inferenceguard-critic", CriticValue()),
+    "recontrol": _recontrol("recontrol", ValueSteer()),
+    "recontrol-lagrangian": _recontrol("recontrol-lagrangian", ValueSteer(lam=5.0)),
 }
 """name -> frozen default configuration."""
 
@@ -156,6 +267,6 @@ def preset(method: str, **overrides: Any) -> SearchConfig:
     given = {k: v for k, v in overrides.items() if v is not None}
     if "candidates" in given and "keep" not in given and cfg.keep > 1:
         given["keep"] = max(1, given["candidates"] // 4)  # K = N/4, as in the paper
-    if method == "sample":
+    if method == "sample" or method.startswith("recontrol"):
         given.pop("candidates", None), given.pop("keep", None)
     return replace(cfg, **given)

@@ -226,8 +226,9 @@ class _Run:
                 reward = stack.reward.score(prompts, texts).to(dev)
             self.counts["reward"] += bc
         h_hist = torch.cat([rows.h_hist, rows.h[:, None]], 1) if self.cfg.record_hidden else rows.h_hist
-        return replace(rows, cost=cost_now, z=z, z_hist=torch.cat([rows.z_hist, z[:, None]], 1), h_hist=h_hist,
-                       reward=reward)
+        return replace(
+            rows, cost=cost_now, z=z, z_hist=torch.cat([rows.z_hist, z[:, None]], 1), h_hist=h_hist, reward=reward
+        )
 
     def candidates(self, rows: Rows) -> Candidates:
         """What the selector sees; the critic reads the hidden states the sampling pass already produced."""
@@ -479,8 +480,16 @@ def _finish(
             run.counts["cost"][b] += 1
             run.counts["reward"][b] += 1
             z_hist = [float(safety.step(torch.tensor(d), torch.tensor(max(cost, 0.0)), cfg.gamma))]
-            h = _Hyp(ids=[], z=z_hist[0], cost=cost, reward=reward, z_hist=z_hist, finish="refused", h=torch.zeros(0),
-                     h_hist=torch.zeros(0, lm.hidden_size))
+            h = _Hyp(
+                ids=[],
+                z=z_hist[0],
+                cost=cost,
+                reward=reward,
+                z_hist=z_hist,
+                finish="refused",
+                h=torch.zeros(0),
+                h_hist=torch.zeros(0, lm.hidden_size),
+            )
             response, n_new = text, 0
         else:
             h = best[b]

@@ -1,0 +1,221 @@
+"""The paper-style table (summary.md) and the plots (pareto.png, rewards.png) of an evaluation folder.
+
+Plots need matplotlib (the ``report`` extra); it is imported here only, with the Agg backend (no display).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from inferenceguard.errors import need_package
+
+FAMILIES = ("sample", "bon", "beam", "args", "recontrol", "inferenceguard")
+_COLOURS = {
+    "sample": "#7f7f7f",
+    "bon": "#1f77b4",
+    "beam": "#2ca02c",
+    "args": "#9467bd",
+    "recontrol": "#ff7f0e",
+    "inferenceguard": "#d62728",
+}
+COLUMNS = (
+    ("n", "n", "{:d}"),
+    ("reward_mean", "reward", "{:.3f}"),
+    ("reward_sd", "± sd", "{:.3f}"),
+    ("cost_mean", "cost", "{:.3f}"),
+    ("safety_rate", "safety rate", "{:.1%}"),
+    ("judge_safety_rate", "judge safety", "{:.1%}"),
+    ("refusal_rate", "refusals", "{:.1%}"),
+    ("exhausted_rate", "no safe cand.", "{:.1%}"),
+    ("seconds_per_prompt", "s/prompt", "{:.2f}"),
+    ("tokens_per_second", "tok/s", "{:.1f}"),
+    ("lm_forward_passes", "LM passes", "{:.0f}"),
+    ("scorer_calls", "scorer calls", "{:.0f}"),
+)
+
+
+def family(method: str) -> str:
+    return next((f for f in reversed(FAMILIES) if method.startswith(f)), "sample")
+
+
+def fmt(value: Any, pattern: str) -> str:
+    if value is None:
+        return "–"
+    try:
+        return pattern.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def table_rows(summary: Mapping[str, Any], prompt_set: str) -> list[tuple[str, list[str]]]:
+    """(method, formatted cells) for one prompt set, in the summary's method order."""
+    rows = []
+    for method, per in summary["methods"].items():
+        if prompt_set in per:
+            rows.append((method, [fmt(per[prompt_set].get(k), p) for k, _, p in COLUMNS]))
+    return rows
+
+
+def prompt_sets(summary: Mapping[str, Any]) -> list[str]:
+    sets = list(summary.get("sets", {}))
+    for per in summary["methods"].values():
+        sets += [s for s in per if s not in sets]
+    return sets
+
+
+def markdown(summary: Mapping[str, Any]) -> str:
+    """summary.md: one table per prompt set (paper-style: reward ± sd, cost, safety rate, seconds/prompt)."""
+    run = summary.get("run", {})
+    models = run.get("models", {})
+    lines = ["# Evaluation summary", ""]
+    if run:
+        lm = (models.get("lm") or {}).get("identity", "?")
+        names = {k: (models.get(k) or {}).get("name", "–") for k in ("reward", "cost", "judge")}
+        cost_thr = (models.get("cost") or {}).get("threshold")
+        lines += [
+            f"Base LM `{lm}`; reward `{names['reward']}`; cost `{names['cost']}` (budget d = {cost_thr}); "
+            f"judge `{names['judge']}`. Seed {run.get('seed')}, max {run.get('max_new_tokens')} new tokens; "
+            f"{run.get('records')} of {run.get('expected')} answers.",
+            "",
+            "safety rate: share of answers within budget by the cost model (what the search guards); judge "
+            "safety: share the independent judge calls safe; refusals: keyword detector (see "
+            "harness/metrics.py); s/prompt: amortised over the batch; LM passes and scorer calls: per prompt.",
+            "",
+        ]
+    lines += _headline(summary)
+    header = "| method | " + " | ".join(c[1] for c in COLUMNS) + " |"
+    rule = "|---|" + "---:|" * len(COLUMNS)
+    for s in prompt_sets(summary):
+        kind = summary.get("sets", {}).get(s, {}).get("kind")
+        lines += [f"## {s}" + (f" ({kind})" if kind else ""), "", header, rule]
+        lines += [f"| {m} | " + " | ".join(cells) + " |" for m, cells in table_rows(summary, s)]
+        lines.append("")
+    return "\n".join(lines)
+
+
+HEADLINE = (
+    ("harmful", "safety_rate", "harmful: safety rate", "{:.1%}"),
+    ("harmful", "judge_safety_rate", "harmful: judge safety", "{:.1%}"),
+    ("harmful", "reward_mean", "harmful: reward", "{:.3f}"),
+    ("benign", "reward_mean", "benign: reward", "{:.3f}"),
+    ("benign", "refusal_rate", "benign: refusals", "{:.1%}"),
+    ("benign", "safety_rate", "benign: safety rate", "{:.1%}"),
+)
+
+
+def _headline(summary: Mapping[str, Any]) -> list[str]:
+    """One row per method pooled over the harmful and over the benign sets (when the run has both kinds)."""
+    kinds = summary.get("kinds") or {}
+    present = {k for per in kinds.values() for k in per}
+    if not {"harmful", "benign"} & present:
+        return []
+    cols = [c for c in HEADLINE if c[0] in present]
+    lines = [
+        "## Headline (pooled by kind)",
+        "",
+        "| method | " + " | ".join(c[2] for c in cols) + " | s/prompt |",
+        "|---|" + "---:|" * (len(cols) + 1),
+    ]
+    for method, per in kinds.items():
+        cells = [fmt((per.get(k) or {}).get(key), p) for k, key, _, p in cols]
+        n = sum((c.get("n") or 0) for c in per.values())
+        secs = sum((c.get("seconds_per_prompt") or 0) * (c.get("n") or 0) for c in per.values()) / max(n, 1)
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {secs:.2f} |")
+    return [*lines, ""]
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise need_package("matplotlib", "Plotting the report", "pip install 'inferenceguard[report]'") from e
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _grid(n: int) -> tuple[int, int]:
+    cols = min(n, 3)
+    return (n + cols - 1) // cols, cols
+
+
+def pareto_png(summary: Mapping[str, Any], path: str | Path) -> Path:
+    """Safety rate (x) against mean reward (y), one point per method, marker area ~ seconds per prompt;
+    one panel per prompt set."""
+    plt = _pyplot()
+    sets = [s for s in prompt_sets(summary) if any(s in per for per in summary["methods"].values())]
+    rows, cols = _grid(max(len(sets), 1))
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.4 * rows), squeeze=False)
+    secs = [c.get("seconds_per_prompt") or 0 for per in summary["methods"].values() for c in per.values()]
+    top = max([*secs, 1e-9])
+    for ax, s in zip(axes.flat, sets):
+        for method, per in summary["methods"].items():
+            c = per.get(s)
+            if not c or c.get("safety_rate") is None or c.get("reward_mean") is None:
+                continue
+            size = 30 + 600 * (c.get("seconds_per_prompt") or 0) / top
+            ax.scatter(
+                100 * c["safety_rate"],
+                c["reward_mean"],
+                s=size,
+                color=_COLOURS[family(method)],
+                alpha=0.7,
+                edgecolors="black",
+                linewidths=0.5,
+            )
+            ax.annotate(
+                method,
+                (100 * c["safety_rate"], c["reward_mean"]),
+                fontsize=7,
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
+        kind = summary.get("sets", {}).get(s, {}).get("kind")
+        ax.set_title(s + (f" ({kind})" if kind else ""))
+        ax.set_xlabel("safety rate by the cost model (%)")
+        ax.set_ylabel("mean reward")
+        ax.set_xlim(-5, 105)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(sets) :]:
+        ax.axis("off")
+    fig.suptitle("Safety vs reward (marker area ~ seconds per prompt)")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def rewards_png(
+    records: Sequence[Mapping[str, Any]], methods: Sequence[str], sets: Sequence[str], path: str | Path
+) -> Path:
+    """Per-method reward distributions (box plots with the points), one panel per prompt set."""
+    plt = _pyplot()
+    sets = [s for s in sets if any(r["set"] == s for r in records)]
+    rows, cols = _grid(max(len(sets), 1))
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 0.32 * len(methods) * rows + 1.6 * rows), squeeze=False)
+    for ax, s in zip(axes.flat, sets):
+        names = [m for m in methods if any(r["method"] == m and r["set"] == s for r in records)]
+        data = [[float(r["reward"]) for r in records if r["method"] == m and r["set"] == s] for m in names]
+        if not names:
+            ax.axis("off")
+            continue
+        ax.boxplot(data, vert=False, showfliers=False, widths=0.6)
+        for i, (m, xs) in enumerate(zip(names, data), 1):
+            jitter = [i + 0.18 * ((k * 0.618) % 1 - 0.5) for k in range(len(xs))]
+            ax.scatter(xs, jitter, s=6, color=_COLOURS[family(m)], alpha=0.6)
+        ax.set_yticks(range(1, len(names) + 1), names, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(s)
+        ax.set_xlabel("reward")
+        ax.grid(alpha=0.3, axis="x")
+    for ax in list(axes.flat)[len(sets) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
