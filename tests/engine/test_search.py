@@ -191,3 +191,17 @@ def test_bad_input_errors(stack):
         search(Stack(lm=stack.lm, reward=VowelReward(), cost=CharCost(threshold=None)), ["hi"], preset("sample"))
     with pytest.raises(ConfigError, match="critic"):
         search(stack, ["hi"], preset("inferenceguard-critic", max_new_tokens=4))
+
+
+@pytest.mark.parametrize("method", ["sample", "inferenceguard"])
+def test_committed_pieces_are_the_start_of_the_answer_even_when_a_character_splits(stack, method):
+    # the byte-level tiny LM emits arbitrary bytes, so multi-byte characters are split across blocks often
+    pieces: dict[int, list[str]] = {}
+    cfg = preset(method, max_new_tokens=48, block=3, candidates=4)
+    for seed in range(6):
+        pieces.clear()
+        results = search(stack, PROMPTS, cfg, seed=seed, on_commit=lambda b, t: pieces.setdefault(b, []).append(t))
+        for b, r in enumerate(results):
+            streamed = "".join(pieces.get(b, []))
+            assert "\ufffd" not in streamed[-1:]
+            assert r.response.startswith(streamed), (seed, b, streamed, r.response)

@@ -425,12 +425,15 @@ def _commit(
         n = min(map(len, seqs))
         while n and any(s[:n] != seqs[0][:n] for s in seqs[1:]):
             n -= 1
-        if n > len(committed[b]):
-            before = run.lm.decode(committed[b])
-            committed[b] = seqs[0][:n]
-            text = run.lm.decode(committed[b])
-            if text.startswith(before) and len(text) > len(before):
-                on_commit(b, text[len(before) :])
+        if n <= len(committed[b]):
+            continue
+        text = run.lm.decode(seqs[0][:n])
+        if text.endswith("\ufffd"):  # a multi-byte character is split across tokens: wait for its last byte
+            continue
+        before = run.lm.decode(committed[b])
+        committed[b] = seqs[0][:n]
+        if text.startswith(before) and len(text) > len(before):
+            on_commit(b, text[len(before) :])
 
 
 def _finish(
