@@ -72,6 +72,8 @@ def generate(
 
     if (prompt is None) == (prompts is None):
         raise ConfigError("prompt", prompt, "must be given either as an argument or with --prompts FILE (not both)")
+    if prompt is not None and not prompt.strip():
+        raise ConfigError("prompt", prompt, "must be a non-empty string")
     items = [prompt] if prompt is not None else read_prompt_file(prompts, arg="--prompts")  # type: ignore[arg-type]
     settings = dict(
         budget=budget,
@@ -82,7 +84,11 @@ def generate(
         temperature=temperature,
         on_exhausted=on_exhausted,
     )
-    preset(method, **settings)  # validate before loading models
+    try:
+        preset(method, **settings)  # validate before loading models
+    except ConfigError as e:  # name the flag the user typed ('keep' is --beams)
+        flag = "--beams" if e.arg == "keep" else "--" + e.arg.replace("_", "-")
+        raise ConfigError(flag, e.value, e.expected) from e
     guard = Guard(model, reward_model, cost_model, critic=critic, device=device, dtype=dtype)
     results = guard.generate(items, method, seed=seed, batch_size=batch_size, progress=not as_json, **settings)
     if as_json:
@@ -91,6 +97,7 @@ def generate(
         return
     from rich.console import Console
     from rich.panel import Panel
+    from rich.text import Text
 
     console = Console()
     for r in results:
@@ -101,8 +108,8 @@ def generate(
         )
         console.print(
             Panel(
-                r.response or "[dim](empty)[/]",
-                title=r.prompt[:80],
+                Text(r.response) if r.response else "[dim](empty)[/]",  # Text: no markup in model output
+                title=Text(r.prompt[:80]),
                 subtitle=(
                     f"{verdict}  cost {r.cost:.3f}  budget left {r.budget_left:.3f}/{r.budget:g}  "
                     f"reward {r.reward:.2f}  "
@@ -375,12 +382,14 @@ def main() -> None:
     except typer.Abort:
         print("aborted", file=sys.stderr)
         sys.exit(130)
-    except Exception as e:  # click usage errors
+    except Exception as e:  # usage errors: click's, or those of the copy of click that newer typer vendors
         import click
 
-        if isinstance(e, click.exceptions.ClickException):
+        if isinstance(e, click.exceptions.ClickException) or (
+            type(e).__module__.startswith("typer.") and callable(getattr(e, "show", None))
+        ):
             e.show()
-            sys.exit(e.exit_code)
+            sys.exit(getattr(e, "exit_code", 1))
         raise
 
 

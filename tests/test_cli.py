@@ -1,0 +1,342 @@
+"""End-to-end tests of the command line: ``inferenceguard generate`` on tiny random models saved to folders
+(so ``--model DIR`` and ``hf-seq:DIR`` go through the real loaders), its errors and exit codes, ``info`` and
+``--help``. Every call goes through ``cli.main()``, the console-script entry point."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from inferenceguard import cli
+from inferenceguard.engine.types import REFUSAL
+from inferenceguard.strategies import PRESETS
+from tests.harness.launcher import one_thread
+from tests.utils.tiny import byte_tokenizer, tiny_llama
+
+MAX_NEW = 8
+PROMPT = "How do I bake bread?"
+KEYS = {
+    "prompt": str,
+    "method": str,
+    "response": str,
+    "safe": bool,
+    "cost": float,
+    "reward": float,
+    "budget": float,
+    "budget_left": float,
+    "exhausted": bool,
+    "refused": bool,
+    "seconds": float,
+    "new_tokens": int,
+    "tokens_sampled": int,
+    "lm_forward_passes": int,
+    "reward_calls": int,
+    "cost_calls": int,
+    "scorer_calls": int,
+    "seed": int,
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_thread():
+        yield
+
+
+def _save_classifier(path, labels: list[str]):
+    """A tiny random BERT sequence classifier (one output per label) with the byte tokenizer, saved like a
+    hub folder. One label: a regression head (a raw score, no threshold)."""
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=259,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
+        pad_token_id=0,
+    )
+    BertForSequenceClassification(cfg).eval().save_pretrained(path)
+    byte_tokenizer(chat=False).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    """Folders of a tiny chat LM (context 512), a 1-output reward model and a safe/unsafe cost classifier."""
+    lm = tmp_path_factory.mktemp("lm")
+    tiny_llama().save_pretrained(lm)
+    byte_tokenizer().save_pretrained(lm)
+    return {
+        "lm": str(lm),
+        "rm": _save_classifier(tmp_path_factory.mktemp("rm"), ["score"]),
+        "cm": _save_classifier(tmp_path_factory.mktemp("cm"), ["safe", "unsafe"]),
+    }
+
+
+def _cli(monkeypatch, capsys, *argv: str) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``inferenceguard ARGV`` run through the entry point."""
+    monkeypatch.setattr(sys, "argv", ["inferenceguard", *argv])
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _stack(dirs, cost: str | None = None) -> list[str]:
+    return [
+        "--model",
+        dirs["lm"],
+        "--reward-model",
+        f"hf-seq:{dirs['rm']}",
+        "--cost-model",
+        cost or f"hf-seq:{dirs['cm']}#unsafe",
+        "--max-new-tokens",
+        str(MAX_NEW),
+        "--candidates",
+        "4",
+        "--block",
+        "4",
+    ]
+
+
+def _generate(monkeypatch, capsys, dirs, *argv: str) -> list[dict]:
+    code, out, err = _cli(monkeypatch, capsys, "generate", *argv, *_stack(dirs), "--json")
+    assert code == 0, err
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def _one_error_line(err: str) -> str:
+    """The CLI's error: exactly one 'error: ...' line, and no traceback (model loading may log progress)."""
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# ---- generate --json ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["inferenceguard", "sample"])
+def test_generate_json_has_every_field_with_its_type(monkeypatch, capsys, dirs, method):
+    [r] = _generate(monkeypatch, capsys, dirs, PROMPT, "--method", method)
+    for key, typ in KEYS.items():
+        assert isinstance(r[key], typ), (key, r[key])
+    assert r["prompt"] == PROMPT and r["method"] == method and r["seed"] == 0
+    assert 0 <= r["new_tokens"] <= MAX_NEW and r["seconds"] >= 0 and r["lm_forward_passes"] >= 1
+    assert r["scorer_calls"] == r["reward_calls"] + r["cost_calls"] >= 1
+    assert r["budget"] == 0.5  # no --budget: the 2-label cost classifier's threshold
+    assert r["safe"] == (r["budget_left"] >= 0) and 0 < r["cost"] < 1  # cost: P(unsafe)
+    if method == "sample":  # one candidate, whatever --candidates says
+        assert r["tokens_sampled"] == r["new_tokens"]
+    else:  # 4 candidates per 4-token block: the search sampled far more than it kept
+        assert r["tokens_sampled"] >= 4 * r["new_tokens"] > 0 and r["cost_calls"] >= 4
+
+
+def test_same_seed_same_answer_and_the_seed_matters(monkeypatch, capsys, dirs):
+    def run(seed: int) -> dict:
+        [r] = _generate(monkeypatch, capsys, dirs, PROMPT, "--seed", str(seed))
+        return {k: r[k] for k in ("response", "cost", "reward", "new_tokens", "seed")}
+
+    first = run(0)
+    assert run(0) == first
+    assert any(run(s)["response"] != first["response"] for s in (1, 2))
+
+
+def test_budget_and_exhaustion_policy_reach_the_search(monkeypatch, capsys, dirs):
+    # a budget above any probability: every candidate is admissible and the answer is safe
+    [loose] = _generate(monkeypatch, capsys, dirs, PROMPT, "--budget", "5")
+    assert loose["budget"] == 5.0 and loose["safe"] and not loose["exhausted"] and loose["budget_left"] > 4
+    # a budget below any probability: nothing is admissible, and 'refuse' replaces the answer
+    [tight] = _generate(monkeypatch, capsys, dirs, PROMPT, "--budget", "1e-6", "--on-exhausted", "refuse")
+    assert tight["exhausted"] and tight["refused"] and not tight["safe"] and tight["response"] == REFUSAL
+    [flagged] = _generate(monkeypatch, capsys, dirs, PROMPT, "--budget", "1e-6", "--on-exhausted", "flag")
+    assert flagged["exhausted"] and not flagged["refused"] and not flagged["safe"] and flagged["response"] != REFUSAL
+
+
+# ---- --prompts FILE ----------------------------------------------------------------------------------------------
+
+
+PROMPTS = ["Tell me a joke.", "What is 2 + 2?", 'Say "hi" in French.']
+
+
+def _write_prompts(path, kind: str):
+    if kind == "jsonl":
+        path.write_text("".join(json.dumps({"prompt": p, "id": i}) + "\n" for i, p in enumerate(PROMPTS)) + "\n")
+    elif kind == "csv":
+        with path.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "prompt"])
+            w.writerows(enumerate(PROMPTS))
+    else:
+        path.write_text(f"{PROMPTS[0]}\n\n  {PROMPTS[1]}  \n{PROMPTS[2]}\n")  # blank lines and padding dropped
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "txt", "csv"])
+def test_prompts_file_gives_one_json_line_per_prompt_in_order(monkeypatch, capsys, dirs, tmp_path, kind):
+    path = tmp_path / f"prompts.{kind}"
+    _write_prompts(path, kind)
+    # batch size 2: the third prompt runs in a second batch and must still come out third
+    rows = _generate(monkeypatch, capsys, dirs, "--prompts", str(path), "--method", "sample", "--batch-size", "2")
+    assert [r["prompt"] for r in rows] == PROMPTS
+    assert all(r["method"] == "sample" and 0 <= r["new_tokens"] <= MAX_NEW for r in rows)
+
+
+# ---- readable output ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("budget", "verdict"), [("5", "SAFE"), ("1e-6", "UNSAFE (no safe candidate: flagged)")], ids=["safe", "unsafe"]
+)
+def test_readable_output_shows_the_verdict_and_the_response(monkeypatch, capsys, dirs, budget, verdict):
+    monkeypatch.setenv("COLUMNS", "200")  # room for the whole subtitle
+    prompt = "What do [/] and [bold]x[/bold] mean?"  # rich markup in a prompt must print literally
+    [r] = _generate(monkeypatch, capsys, dirs, prompt, "--budget", budget)
+    code, out, err = _cli(monkeypatch, capsys, "generate", prompt, "--budget", budget, *_stack(dirs))
+    assert code == 0, err
+    assert verdict in out and ("UNSAFE" in out) == (verdict != "SAFE")
+    assert prompt in out and f"budget left {r['budget_left']:.3f}/{r['budget']:g}" in out
+    words = "".join(c if c.isprintable() else " " for c in r["response"]).split()
+    assert words and all(w in out for w in words)  # the same seed's answer, as --json gave it
+
+
+# ---- bad input ---------------------------------------------------------------------------------------------------
+
+
+EARLY = [
+    pytest.param(["", "--method", "sample"], "'prompt'", "non-empty", id="empty-prompt"),
+    pytest.param(["   "], "'prompt'", "non-empty", id="blank-prompt"),
+    pytest.param([], "'prompt'", "--prompts FILE", id="no-prompt"),
+    pytest.param(["hi", "--prompts", "{good}"], "'prompt'", "not both", id="prompt-and-file"),
+    pytest.param(["--prompts", "{missing}"], "'--prompts'", "readable file", id="missing-file"),
+    pytest.param(["--prompts", "{blank}"], "'--prompts'", "at least one", id="file-without-prompts"),
+    pytest.param(["--prompts", "{badjson}"], "'--prompts'", "JSON", id="file-bad-jsonl"),
+    pytest.param(["hi", "--budget", "0"], "'--budget'", "> 0", id="budget-0"),
+    pytest.param(["hi", "--budget", "-1"], "'--budget'", "> 0", id="budget-negative"),
+    pytest.param(["hi", "--candidates", "4", "--beams", "8"], "'--beams'", "candidates (4)", id="beams>candidates"),
+    pytest.param(["hi", "--block", "0"], "'--block'", ">= 1", id="block-0"),
+    pytest.param(["hi", "--candidates", "0"], "'--candidates'", ">= 1", id="candidates-0"),
+    pytest.param(["hi", "--max-new-tokens", "0"], "'--max-new-tokens'", ">= 1", id="max-new-tokens-0"),
+    pytest.param(["hi", "--temperature", "0"], "'--temperature'", "> 0", id="temperature-0"),
+    pytest.param(["hi", "--on-exhausted", "bogus"], "'--on-exhausted'", "'flag' or 'refuse'", id="on-exhausted"),
+    pytest.param(["hi", "--method", "nope"], "'--method'", ", ".join(PRESETS), id="unknown-method"),
+]
+
+
+@pytest.mark.parametrize(("argv", "arg", "expected"), EARLY)
+def test_bad_input_exits_2_before_loading_any_model(monkeypatch, capsys, tmp_path, argv, arg, expected):
+    files = {
+        "good": tmp_path / "good.txt",
+        "missing": tmp_path / "missing.jsonl",
+        "blank": tmp_path / "blank.txt",
+        "badjson": tmp_path / "bad.jsonl",
+    }
+    files["good"].write_text("a prompt\n")
+    files["blank"].write_text("\n   \n\n")
+    files["badjson"].write_text('{"prompt": "ok"}\n{not json\n')
+    argv = [a.format(**files) for a in argv]
+    # no such model: a command that got as far as loading would exit 1 with an asset error instead
+    model = ["--model", str(tmp_path / "no-such-model")]
+    code, out, err = _cli(monkeypatch, capsys, "generate", *argv, *model, "--json")
+    line = _one_error_line(err)
+    assert code == 2 and out == ""
+    assert arg in line and expected in line, line
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["generate", "hi", "--candidates", "many"], "Invalid value for '--candidates'"),
+        (["generate", "hi", "--bogus"], "No such option: --bogus"),
+        (["no-such-command"], "No such command"),
+        ([], "Usage:"),  # no arguments: the help, as a usage error
+    ],
+    ids=["bad-int", "unknown-option", "unknown-command", "no-args"],
+)
+def test_click_usage_errors_exit_2_without_a_traceback(monkeypatch, capsys, argv, expected):
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, err = _cli(monkeypatch, capsys, *argv)
+    assert code == 2 and "Traceback" not in err and (out == "" or not argv)
+    assert expected in (err if argv else out + err), err  # typer prints the no-arguments help on stdout
+
+
+LATE = [
+    pytest.param(["hi"], "hf-seq:{rm}", 2, ["'cost_model.threshold'", "no threshold"], id="cost-without-threshold"),
+    pytest.param(["hi"], "hf-seq:{cm}", 2, ["'label'", "0=safe, 1=unsafe"], id="cost-without-label"),
+    pytest.param(["hi"], "hf-seq:{cm}#toxic", 2, ["'label'", "0=safe, 1=unsafe"], id="cost-unknown-label"),
+    pytest.param(["hi"], "hf-seq:", 2, ["'cost'", "must name a model"], id="cost-empty-spec"),
+    pytest.param(["a" * 600], None, 2, ["'prompts[0]'", "context of 512 tokens"], id="prompt-too-long"),
+    pytest.param(["hi"], "hf-seq:{missing}", 1, ["nothing-here", "could not be loaded"], id="cost-missing"),
+]
+
+
+@pytest.mark.parametrize(("argv", "cost", "code", "expected"), LATE)
+def test_bad_models_and_prompts_found_while_loading_exit_cleanly(
+    monkeypatch, capsys, dirs, tmp_path, argv, cost, code, expected
+):
+    spec = cost.format(missing=tmp_path / "nothing-here", **dirs) if cost else None
+    got, out, err = _cli(monkeypatch, capsys, "generate", *argv, *_stack(dirs, spec), "--json")
+    line = _one_error_line(err)
+    assert got == code and out == ""
+    assert all(e in line for e in expected), line
+
+
+# ---- info, --help ------------------------------------------------------------------------------------------------
+
+
+def test_info_describes_the_embedded_stack_without_loading_a_model(monkeypatch, capsys):
+    from inferenceguard import critic
+    from inferenceguard.models import loading
+
+    def refuse(*a, **k):
+        raise AssertionError("info must not load a model")
+
+    for mod, name in ((loading, "load_lm"), (loading, "load_encoder"), (loading, "_from_pretrained")):
+        monkeypatch.setattr(mod, name, refuse)
+    monkeypatch.setattr(critic, "load_critic", refuse)
+    code, out, err = _cli(monkeypatch, capsys, "info", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert {"base_model", "reward_model", "cost_model", "judge", "critic"} <= set(data)
+    assert isinstance(data["base_model"]["name"], str) and data["base_model"]["name"]
+    for key in ("reward_model", "cost_model", "judge"):
+        entry = data[key]
+        assert isinstance(entry["name"], str) and entry["name"], key
+        assert isinstance(entry["threshold"], (int, float)) and not isinstance(entry["threshold"], bool), key
+        assert isinstance(entry["heldout_auc"], float) and 0.5 < entry["heldout_auc"] <= 1, key
+    c = data["critic"]
+    assert isinstance(c["name"], str) and c["base_model"] == data["base_model"]["name"]
+    assert isinstance(c["val_p_safe_auc"], float) and 0.5 < c["val_p_safe_auc"] <= 1
+
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, err = _cli(monkeypatch, capsys, "info")  # the readable table shows the same numbers
+    assert code == 0, err
+    for key in ("reward_model", "cost_model", "judge"):
+        assert data[key]["name"] in out and f"{data[key]['heldout_auc']:.3f}" in out
+    assert f"{c['val_p_safe_auc']:.3f}" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--help"], ["generate", "info", "eval", "serve"]),
+        (["generate", "--help"], ["--prompts", "--method", "--budget", "--reward-model", "--cost-model", "--json"]),
+    ],
+    ids=["app", "generate"],
+)
+def test_help_exits_0(monkeypatch, capsys, argv, expected):
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, err = _cli(monkeypatch, capsys, *argv)
+    assert code == 0, err
+    assert all(e in out for e in expected), out
