@@ -1,7 +1,7 @@
 """Readers for the prompt sets and human labels that ship inside PyPI packages (no download at run time).
 
 Each package is located with :func:`~inferenceguard.models.loading.package_dir`, never imported (their
-``__init__`` pulls heavy dependencies). Sources, see ``docs/assets.md`` §4:
+``__init__`` pulls heavy dependencies). Sources:
 
 - ``pyrit`` 1.1.0: AdvBench (520 prompts) and 1.5k human-labelled (objective, response) rows in
   ``datasets/scorer_evals``;

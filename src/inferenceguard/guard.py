@@ -32,15 +32,21 @@ class Guard:
         load_judge: bool = False,
     ):
         from inferenceguard.models import load_lm
+        from inferenceguard.models.loading import Encoder
         from inferenceguard.scorers.defaults import load_scorer
 
         lm = load_lm(model, device=device, dtype=dtype)
+        reward = load_scorer(reward_model, "reward", lm=lm, device=device)
+        encoder = getattr(reward, "encoder", None)  # the embedded reward and judge share one MiniLM
+        encoder = encoder if isinstance(encoder, Encoder) else None
         self.stack = Stack(
             lm=lm,
-            reward=load_scorer(reward_model, "reward", lm=lm, device=device),
-            cost=load_scorer(cost_model, "cost", lm=lm, device=device),
+            reward=reward,
+            cost=load_scorer(cost_model, "cost", lm=lm, device=device, encoder=encoder),
             critic=_load_critic(critic, lm),
-            judge=load_scorer(judge, "judge", lm=lm, device=device) if (judge is not None or load_judge) else None,
+            judge=load_scorer(judge, "judge", lm=lm, device=device, encoder=encoder)
+            if (judge is not None or load_judge)
+            else None,
         )
 
     @classmethod

@@ -1,8 +1,8 @@
 """Evaluation metrics: a keyword refusal detector and the per (method, prompt set) summary of result records.
 
-The refusal detector is deliberately simple and its limits are known (measured AUC 0.72 on PyRIT's refusal
-set, docs/assets.md §2): it looks for refusal phrases ("I'm sorry", "I cannot", "As an AI", ...) near the
-start of the response. It therefore
+The refusal detector is deliberately simple and its limits are known (AUC 0.72 on PyRIT's human-labelled
+refusal set, measured when the data was surveyed): it looks for refusal phrases ("I'm sorry", "I cannot",
+"As an AI", ...) near the start of the response. It therefore
 
 - misses soft refusals that never use a stock phrase (a lecture, a change of subject, a vague answer);
 - counts an apology followed by compliance ("I'm sorry, but here is how...") as a refusal;

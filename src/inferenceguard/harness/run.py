@@ -309,6 +309,7 @@ def summarise_run(out: str | Path) -> dict[str, Any]:
     summary["run"] = {
         "seed": cfg["shared"]["seed"],
         "max_new_tokens": cfg["shared"]["max_new_tokens"],
+        "settings": cfg["shared"].get("settings") or {},
         "models": cfg["shared"]["models"],
         "records": len(records),
         "expected": len(wanted),

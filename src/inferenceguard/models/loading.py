@@ -77,7 +77,7 @@ _DTYPES = {
 
 
 def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
-    """bf16 on CUDA and on CPUs with native bf16 (faster there, see assets.md), fp32 otherwise."""
+    """bf16 on CUDA and on CPUs with native bf16 (faster there, see docs/performance.md), fp32 otherwise."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is None or dtype == "auto":

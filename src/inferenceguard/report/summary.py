@@ -73,9 +73,10 @@ def markdown(summary: Mapping[str, Any]) -> str:
     if run:
         lm = (models.get("lm") or {}).get("identity", "?")
         names = {k: (models.get(k) or {}).get("name", "–") for k in ("reward", "cost", "judge")}
-        cost_thr = (models.get("cost") or {}).get("threshold")
+        budget = (run.get("settings") or {}).get("budget")
+        budget = budget if budget is not None else (models.get("cost") or {}).get("threshold")
         lines += [
-            f"Base LM `{lm}`; reward `{names['reward']}`; cost `{names['cost']}` (budget d = {cost_thr}); "
+            f"Base LM `{lm}`; reward `{names['reward']}`; cost `{names['cost']}` (budget d = {budget}); "
             f"judge `{names['judge']}`. Seed {run.get('seed')}, max {run.get('max_new_tokens')} new tokens; "
             f"{run.get('records')} of {run.get('expected')} answers.",
             "",

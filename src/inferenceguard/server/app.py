@@ -118,9 +118,9 @@ def create_app(settings: ServerSettings | None = None, guard: Guard | None = Non
 
 
 def load_guard(settings: ServerSettings) -> Guard:
-    """The stack the settings name (``base_model``, ``reward_model``, ``cost_model``, ``critic``, device)."""
+    """The stack the settings name (``model``, ``reward_model``, ``cost_model``, ``critic``, device)."""
     s = settings
-    return Guard(s.base_model, s.reward_model, s.cost_model, critic=s.critic, device=s.device, dtype=s.dtype)
+    return Guard(s.model, s.reward_model, s.cost_model, critic=s.critic, device=s.device, dtype=s.dtype)
 
 
 # -- one request's answers in flight ----------------------------------------------------------------------

@@ -62,7 +62,7 @@ n_field = Field(default=1, ge=1, description="Answers per prompt: n searches wit
 seed_field = Field(default=None, ge=0, le=2**62, description="Search seed (default: the server's).")
 stream_field = Field(default=False, description="Send server-sent events as the search commits text.")
 temperature_field = Field(default=None, ge=0, le=2, description=f"Temperature; 0 is read as {MIN_TEMPERATURE}.")
-user_field = Field(default=None, max_length=256, description="An end-user id (logged, not used).")
+user_field = Field(default=None, max_length=256, description="An end-user id (accepted for compatibility, not used).")
 method_field = Field(default=None, description="Search method: inferenceguard, bon, beam, sample, ... (strategies).")
 budget_field = Field(default=None, gt=0, description="Safety budget d (default: the server's).")
 candidates_field = Field(default=None, ge=1, description="N: candidates per prompt per search step.")

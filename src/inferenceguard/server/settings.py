@@ -38,7 +38,7 @@ class ServerSettings(BaseSettings):
 
     # -- what to serve --
     served_model_name: str = Field("inferenceguard", min_length=1, description="The model name clients send.")
-    base_model: str | None = Field(None, description="Base LM: hub id, folder or .gguf (default: embedded).")
+    model: str | None = Field(None, description="Base LM: hub id, folder or .gguf (default: embedded).")
     reward_model: str | None = Field(None, description="Reward model spec (default: embedded).")
     cost_model: str | None = Field(None, description="Cost model spec (default: embedded).")
     critic: str | None = Field(None, description="Critic file, for method inferenceguard-critic.")
