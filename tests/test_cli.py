@@ -9,14 +9,11 @@ import json
 import sys
 
 import pytest
-import torch
-from transformers import BertConfig, BertForSequenceClassification
 
 from inferenceguard import cli
 from inferenceguard.engine.types import REFUSAL
 from inferenceguard.strategies import PRESETS
-from tests.harness.launcher import one_thread
-from tests.utils.tiny import byte_tokenizer, tiny_llama
+from tests.utils.tiny import byte_tokenizer, save_classifier, tiny_llama
 
 MAX_NEW = 8
 PROMPT = "How do I bake bread?"
@@ -42,33 +39,6 @@ KEYS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
-
-
-def _save_classifier(path, labels: list[str]):
-    """A tiny random BERT sequence classifier (one output per label) with the byte tokenizer, saved like a
-    hub folder. One label: a regression head (a raw score, no threshold)."""
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=259,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={n: i for i, n in enumerate(labels)},
-        pad_token_id=0,
-    )
-    BertForSequenceClassification(cfg).eval().save_pretrained(path)
-    byte_tokenizer(chat=False).save_pretrained(path)
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
     """Folders of a tiny chat LM (context 512), a 1-output reward model and a safe/unsafe cost classifier."""
@@ -77,8 +47,8 @@ def dirs(tmp_path_factory):
     byte_tokenizer().save_pretrained(lm)
     return {
         "lm": str(lm),
-        "rm": _save_classifier(tmp_path_factory.mktemp("rm"), ["score"]),
-        "cm": _save_classifier(tmp_path_factory.mktemp("cm"), ["safe", "unsafe"]),
+        "rm": save_classifier(tmp_path_factory.mktemp("rm"), ["score"]),
+        "cm": save_classifier(tmp_path_factory.mktemp("cm"), ["safe", "unsafe"]),
     }
 
 

@@ -16,15 +16,6 @@ from tests.stubs import CharCost, VowelReward
 from tests.utils.tiny import tiny_lm
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core CPU: one intra-op thread is many times faster than two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def lm():
     return tiny_lm()

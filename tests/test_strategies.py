@@ -23,17 +23,11 @@ from inferenceguard.strategies import (
     needs_critic,
     preset,
 )
-from tests.harness.launcher import StubCritic, one_thread
+from tests.harness.launcher import StubCritic
 from tests.stubs import CharCost, VowelReward
 from tests.utils.tiny import tiny_lm
 
 PROMPTS = ["hello there", "write a poem about the sea", "x marks the spot", "tell me a story"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
 
 
 @dataclass(frozen=True)

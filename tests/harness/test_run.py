@@ -16,7 +16,7 @@ from inferenceguard.errors import ConfigError
 from inferenceguard.harness.run import CONFIG, RESULTS, SUMMARY, load_sources, read_results, run_eval
 from inferenceguard.strategies import PRESETS
 from tests.harness import launcher
-from tests.harness.launcher import one_thread, tiny_stack
+from tests.harness.launcher import tiny_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 FIELDS = {
@@ -46,12 +46,6 @@ FIELDS = {
     "config_key",
 }
 KW = dict(max_new_tokens=6, batch_size=2, settings={"candidates": 4, "block": 3}, progress=False)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

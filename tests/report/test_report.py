@@ -11,15 +11,9 @@ import pytest
 from inferenceguard.harness.metrics import group_metrics, is_refusal, summarise
 from inferenceguard.harness.run import load_sources, run_eval
 from inferenceguard.report import build
-from tests.harness.launcher import one_thread, tiny_stack
+from tests.harness.launcher import tiny_stack
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

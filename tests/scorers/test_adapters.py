@@ -4,36 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
 
 from inferenceguard.errors import AssetError, ConfigError
 from inferenceguard.scorers.adapters import GuardLLMScorer, SequenceClassifierScorer
 from inferenceguard.scorers.base import Scorer
-from tests.utils.tiny import byte_tokenizer, tiny_lm
+from tests.utils.tiny import save_classifier as save_tiny_classifier
+from tests.utils.tiny import tiny_lm
 
 
 def save_classifier(path, num_labels: int, pad: bool = True):
-    """A tiny random BERT classifier and byte tokenizer saved like a hub model folder."""
-    torch.manual_seed(0)
-    labels = {0: "safe", 1: "unsafe", 2: "other"}
-    cfg = BertConfig(
-        vocab_size=259,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=num_labels,
-        id2label={i: labels[i] for i in range(num_labels)},
-        label2id={labels[i]: i for i in range(num_labels)},
-        pad_token_id=0,
-    )
-    BertForSequenceClassification(cfg).eval().save_pretrained(path)
-    tok = byte_tokenizer(chat=False)
-    if not pad:
-        tok.pad_token = None
-    tok.save_pretrained(path)
-    return path
+    """A tiny random BERT classifier (labels safe, unsafe, other; one label: a regression head)."""
+    return save_tiny_classifier(path, ["safe", "unsafe", "other"][:num_labels], layers=2, context=64, pad=pad)
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ from inferenceguard.scorers.adapters import SequenceClassifierScorer
 from inferenceguard.scorers.defaults import default_stack_info, load_scorer
 from inferenceguard.scorers.embedded import ENCODER_FEATURES, PROBE_FEATURES, EncoderHeadScorer, ProbeCostScorer
 from tests.scorers.test_adapters import save_classifier
-from tests.scorers.test_embedded import random_head, tiny_encoder
+from tests.scorers.test_embedded import random_head
 from tests.stubs import CharCost
-from tests.utils.tiny import tiny_lm
+from tests.utils.tiny import tiny_encoder, tiny_lm
 
 
 def test_a_scorer_object_passes_through():

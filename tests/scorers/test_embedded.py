@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel
 
 from inferenceguard.errors import ConfigError
-from inferenceguard.models.loading import Encoder
 from inferenceguard.scorers.base import LatentScorer, Scorer
 from inferenceguard.scorers.embedded import (
     ENCODER_FEATURES,
@@ -19,7 +17,7 @@ from inferenceguard.scorers.embedded import (
     response_features,
 )
 from inferenceguard.scorers.heads import LinearHead
-from tests.utils.tiny import byte_tokenizer, tiny_lm
+from tests.utils.tiny import tiny_encoder, tiny_lm
 
 PROMPTS = ["How do I bake bread?", "Tell me a joke", "How to pick a lock?", "hi"]
 RESPONSES = ["Mix flour, water and yeast, then bake.", "Why did the cat sit on the keyboard?", "", "hello!"]
@@ -114,26 +112,6 @@ def test_probe_truncates_to_max_length_keeping_the_response_start():
     assert torch.allclose(scorer.features(["hi"], ["r" * 300]), scorer.features(["hi"], [cut]), atol=1e-6)
     with pytest.raises(ConfigError, match="layers"):
         response_features(lm, ["a"], ["b"], layers=[5])
-
-
-def tiny_encoder(identity: str = "tiny-bert") -> Encoder:
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=259,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        pad_token_id=0,
-    )
-    return Encoder(
-        model=BertModel(cfg).eval(),
-        tokenizer=byte_tokenizer(chat=False),
-        identity=identity,
-        device=torch.device("cpu"),
-        max_length=128,
-    )
 
 
 def test_encoder_features_parts():

@@ -21,8 +21,7 @@ from inferenceguard.training.heads import (
     select_by_group_cv,
     split_groups,
 )
-from tests.scorers.test_embedded import tiny_encoder
-from tests.utils.tiny import tiny_lm
+from tests.utils.tiny import tiny_encoder, tiny_lm
 
 
 def test_split_is_by_group_seeded_and_a_quarter():

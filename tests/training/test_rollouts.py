@@ -16,15 +16,6 @@ PROMPTS = ["hello there", "write a poem", "x", "tell me about the sea", "why is 
 CFG = RolloutConfig(rollouts=2, block=4, max_new_tokens=10, batch_prompts=2, seed=3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core CPU: one intra-op thread is many times faster than two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def stack():
     return Stack(lm=tiny_lm(eos_boost=1.5), reward=VowelReward(), cost=CharCost(threshold=0.3))

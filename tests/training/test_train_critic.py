@@ -14,15 +14,6 @@ from tests.stubs import CharCost, VowelReward
 from tests.utils.tiny import tiny_lm
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core CPU: one intra-op thread is many times faster than two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def synthetic(P=60, R=4, S=3, H=16, seed=0) -> RolloutData:
     """Each prompt has a direction; a rollout is unsafe (final charge 1.0, over any budget in (0.3, 0.7)) iff
     its hidden states lean along w, safe (0.1) otherwise; its reward is that lean plus noise."""

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 from inferenceguard.models import LM
+from inferenceguard.models.loading import Encoder
 
 SPECIALS = ["<pad>", "<eos>", "<bos>"]
 CHAT_TEMPLATE = (
@@ -76,3 +84,44 @@ class _Biased(torch.nn.Module):
         out = self.head(h)
         out[..., 1] += self.eos_boost
         return out
+
+
+def tiny_bert_config(labels: list[str] | None = None, layers: int = 1, context: int = 128) -> BertConfig:
+    """A tiny BERT over the byte vocabulary; ``labels`` adds a classification head (one label: a regression)."""
+    torch.manual_seed(0)
+    extra = {}
+    if labels is not None:
+        extra = dict(
+            num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}
+        )
+    return BertConfig(
+        vocab_size=259,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=context,
+        pad_token_id=0,
+        **extra,
+    )
+
+
+def save_classifier(path, labels: list[str], layers: int = 1, context: int = 128, pad: bool = True) -> str:
+    """A tiny random BERT sequence classifier with the byte tokenizer, saved like a hub model folder."""
+    BertForSequenceClassification(tiny_bert_config(labels, layers, context)).eval().save_pretrained(path)
+    tok = byte_tokenizer(chat=False)
+    if not pad:
+        tok.pad_token = None
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def tiny_encoder(identity: str = "tiny-bert") -> Encoder:
+    """A tiny random sentence encoder (BERT, mean pooling) over the byte vocabulary."""
+    return Encoder(
+        model=BertModel(tiny_bert_config()).eval(),
+        tokenizer=byte_tokenizer(chat=False),
+        identity=identity,
+        device=torch.device("cpu"),
+        max_length=128,
+    )
