@@ -27,6 +27,15 @@ RewardOpt = Annotated[str | None, typer.Option("--reward-model", help="Reward mo
 CostOpt = Annotated[str | None, typer.Option("--cost-model", help="Cost model spec (default: embedded probe).")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N")]
 DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="auto | float32 | bfloat16 | float16")]
+BudgetOpt = Annotated[float | None, typer.Option(help="Safety budget d (default: the cost model's threshold).")]
+BeamsOpt = Annotated[int | None, typer.Option(help="K: beams kept per step (default N/4).")]
+BlockOpt = Annotated[int | None, typer.Option(help="Tokens per search step.")]
+TemperatureOpt = Annotated[float | None, typer.Option(help="Sampling temperature.")]
+OnExhaustedOpt = Annotated[str | None, typer.Option(help="When no safe candidate remains: flag | refuse.")]
+BatchOpt = Annotated[int, typer.Option(help="Prompts searched together.")]
+CriticOpt = Annotated[
+    str | None, typer.Option(help="Critic folder (default: the shipped critic when it fits the model).")
+]
 
 
 def _env() -> None:
@@ -45,19 +54,17 @@ def generate(
             help="inferenceguard | inferenceguard-critic | sample | bon | beam | args ... (see docs/methods.md)"
         ),
     ] = "inferenceguard",
-    budget: Annotated[float | None, typer.Option(help="Safety budget d (default: the cost model's threshold).")] = None,
+    budget: BudgetOpt = None,
     candidates: Annotated[int | None, typer.Option(help="N: candidates per step.")] = None,
-    beams: Annotated[int | None, typer.Option(help="K: beams kept per step (default N/4).")] = None,
-    block: Annotated[int | None, typer.Option(help="Tokens per search step.")] = None,
+    beams: BeamsOpt = None,
+    block: BlockOpt = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="Maximum response length in tokens.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
-    on_exhausted: Annotated[str | None, typer.Option(help="When no safe candidate remains: flag | refuse.")] = None,
+    temperature: TemperatureOpt = None,
+    on_exhausted: OnExhaustedOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per prompt.")] = False,
-    batch_size: Annotated[int, typer.Option(help="Prompts searched together.")] = 4,
-    critic: Annotated[
-        str | None, typer.Option(help="Critic file (default: the shipped critic when it fits the model).")
-    ] = None,
+    batch_size: BatchOpt = 4,
+    critic: CriticOpt = None,
     model: ModelOpt = None,
     reward_model: RewardOpt = None,
     cost_model: CostOpt = None,
@@ -177,16 +184,14 @@ def eval_(
     sample_seed: Annotated[int | None, typer.Option(help="With --limit: draw the N prompts at random.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Maximum response length in tokens.")] = 64,
     seed: Annotated[int, typer.Option(help="Random seed (every prompt draws from its own seeded generator).")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Prompts searched together.")] = 4,
-    budget: Annotated[float | None, typer.Option(help="Safety budget d (default: the cost model's threshold).")] = None,
+    batch_size: BatchOpt = 4,
+    budget: BudgetOpt = None,
     candidates: Annotated[int | None, typer.Option(help="N: candidates per step, for every method.")] = None,
-    beams: Annotated[int | None, typer.Option(help="K: beams kept per step (default N/4).")] = None,
-    block: Annotated[int | None, typer.Option(help="Tokens per search step.")] = None,
-    temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
-    on_exhausted: Annotated[str | None, typer.Option(help="When no safe candidate remains: flag | refuse.")] = None,
-    critic: Annotated[
-        str | None, typer.Option(help="Critic folder (default: the shipped critic when it fits the model).")
-    ] = None,
+    beams: BeamsOpt = None,
+    block: BlockOpt = None,
+    temperature: TemperatureOpt = None,
+    on_exhausted: OnExhaustedOpt = None,
+    critic: CriticOpt = None,
     judge: Annotated[str | None, typer.Option("--judge", help="Independent judge spec (default: embedded).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
     model: ModelOpt = None,
