@@ -126,6 +126,29 @@ def test_refuse_policy_returns_refusal(stack):
     assert all(x.refused and x.response.endswith(REFUSAL) and x.finish_reason == "refused" for x in r)
 
 
+class _LongIsHarmful(CharCost):
+    """Cost 1 once the response is longer than ``n`` characters: the first block is safe, later ones are not."""
+
+    def __init__(self, n: int):
+        super().__init__(threshold=0.5)
+        self.n = n
+
+    def _score_batch(self, prompts, responses):
+        return torch.tensor([float(len(r) > self.n) for r in responses])
+
+
+def test_a_refusal_keeps_the_committed_text_whether_or_not_it_streams(stack):
+    st = Stack(lm=stack.lm, reward=VowelReward(), cost=_LongIsHarmful(6))
+    cfg = preset("inferenceguard", max_new_tokens=16, block=4, candidates=4, keep=1, on_exhausted="refuse")
+    pieces: list[str] = []
+    [quiet] = search(st, ["hello there"], cfg, seed=0)
+    [streamed] = search(st, ["hello there"], cfg, seed=0, on_commit=lambda b, t: pieces.append(t))
+    assert quiet.refused and quiet.response == streamed.response
+    kept = quiet.response[: -len(REFUSAL)]
+    assert kept.strip() and kept == "".join(pieces) + " "  # the committed first block, then the refusal
+    assert quiet.new_tokens == 4  # the model's tokens in the answer: the committed block
+
+
 def test_penalty_counts_tokens_of_unsafe_blocks_per_candidate(stack):
     cfg = SearchConfig("t", Unranked(), block=6, candidates=4, keep=4, max_new_tokens=6)
     run = _Run(stack, cfg, [PROMPTS[0]], seed=0)

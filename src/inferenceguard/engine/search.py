@@ -380,8 +380,7 @@ def search(
         for i in fin.nonzero().squeeze(1).tolist():
             pool[int(rows.prompt[i])].append(_hyp(rows, i, "eos" if not _at_limit(rows, i, cfg) else "length"))
         rows = rows.index((~fin).nonzero().squeeze(1))
-        if on_commit is not None:
-            _commit(run, rows, pool, committed, refused, on_commit)
+        _commit(run, rows, pool, committed, refused, on_commit)
     results = _finish(run, pool, exhausted, refused, committed, ids)
     seconds = (time.perf_counter() - t0) / B
     parts = {k: v / B for k, v in run.seconds.items()}
@@ -410,9 +409,15 @@ def _hyp(rows: Rows, i: int, finish: str) -> _Hyp:
 
 
 def _commit(
-    run: _Run, rows: Rows, pool: list[list[_Hyp]], committed: list[list[int]], refused: list[bool], on_commit: OnCommit
+    run: _Run,
+    rows: Rows,
+    pool: list[list[_Hyp]],
+    committed: list[list[int]],
+    refused: list[bool],
+    on_commit: OnCommit | None,
 ) -> None:
-    """Report text every surviving hypothesis of a prompt shares: it can no longer be discarded."""
+    """Advance each prompt's committed prefix (the text every surviving hypothesis shares: it can no longer be
+    discarded, and a refusal keeps it) and report the new text to ``on_commit``."""
     live: dict[int, list[list[int]]] = {}
     for i, p in enumerate(rows.prompt.tolist()):
         live.setdefault(p, []).append(rows.gen[i][rows.real[i]].tolist())
@@ -432,7 +437,7 @@ def _commit(
             continue
         before = run.lm.decode(committed[b])
         committed[b] = seqs[0][:n]
-        if text.startswith(before) and len(text) > len(before):
+        if on_commit is not None and text.startswith(before) and len(text) > len(before):
             on_commit(b, text[len(before) :])
 
 
@@ -493,7 +498,7 @@ def _finish(
                 h=torch.zeros(0),
                 h_hist=torch.zeros(0, lm.hidden_size),
             )
-            response, n_new = text, 0
+            response, n_new = text, len(committed[b])  # the model's tokens in it: the committed prefix
         else:
             h = best[b]
             response, n_new = lm.decode(h.ids), len(h.ids)
