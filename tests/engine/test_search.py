@@ -63,8 +63,11 @@ def test_cache_across_blocks_matches_reference(endless):
         assert torch.allclose(res.hidden_trajectory[k], h, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["sample", "inferenceguard", "bon", "beam-lagrangian", "args"])
+@pytest.mark.parametrize("method", ["sample", "inferenceguard", "bon", "beam-lagrangian", "args", "early-ends"])
 def test_batched_prompts_equal_one_by_one(stack, method):
+    if method == "early-ends":  # batch-mates finish mid-block while another prompt resamples
+        stack = Stack(lm=tiny_lm(eos_boost=4.0), reward=VowelReward(), cost=CharCost(threshold=0.02))
+        method = "inferenceguard"
     cfg = preset(method, max_new_tokens=14, **({} if method == "args" else {"block": 5}))
     together = search(stack, PROMPTS, cfg, seed=11)
     alone = [search(stack, [p], cfg, seed=11)[0] for p in PROMPTS]
@@ -155,11 +158,26 @@ def test_penalty_counts_tokens_of_unsafe_blocks_per_candidate(stack):
     with torch.inference_mode():
         rows = run.sample_block(run.prefill([stack.lm.encode_prompt(PROMPTS[0])]).index(torch.zeros(4).long()), 6, None)
     bad = torch.tensor([True, True, False, False])
-    pen = _penalty(rows, bad, 1, rows.logits.shape[1], strength=2.0)
+    pen = _penalty(rows, bad, 1, rows.logits.shape[1], strength=2.0, start=0)
     tokens = rows.gen[:2][rows.real[:2]]  # response tokens only: EOS and padding are never penalised
     for t in set(tokens.tolist()):
         assert pen[0, t] == pytest.approx(2.0 * (tokens == t).sum().item() / 2)
     assert pen.sum() == pytest.approx(2.0 * tokens.numel() / 2)
+
+
+def test_penalty_reads_only_the_new_block_not_the_kept_prefix(stack):
+    cfg = SearchConfig("t", Unranked(), block=4, candidates=2, keep=2, max_new_tokens=8)
+    run = _Run(stack, cfg, [PROMPTS[0]], seed=0)
+    with torch.inference_mode():
+        prefix = run.sample_block(
+            run.prefill([stack.lm.encode_prompt(PROMPTS[0])]).index(torch.zeros(1).long()), 4, None
+        )
+        rows = run.sample_block(prefix.index(torch.zeros(2).long()), 4, None)
+    pen = _penalty(rows, torch.ones(2, dtype=torch.bool), 1, rows.logits.shape[1], strength=1.0, start=4)
+    block = rows.gen[:, 4:][rows.real[:, 4:]]
+    expected = torch.bincount(block, minlength=pen.shape[1]).float() / 2
+    assert torch.equal(pen[0], expected)  # prefix tokens count only where the new blocks repeat them
+    assert pen.sum() == pytest.approx(block.numel() / 2)
 
 
 def test_penalised_resampling_avoids_penalised_tokens(stack):
@@ -168,7 +186,7 @@ def test_penalised_resampling_avoids_penalised_tokens(stack):
     with torch.inference_mode():
         parent = run.prefill([stack.lm.encode_prompt(PROMPTS[0])]).index(torch.zeros(8).long())
         first = run.sample_block(parent.index(torch.arange(8)), 6, None)  # sampling consumes its rows' cache
-        pen = _penalty(first, torch.ones(8, dtype=torch.bool), 1, first.logits.shape[1], strength=50.0)
+        pen = _penalty(first, torch.ones(8, dtype=torch.bool), 1, first.logits.shape[1], strength=50.0, start=0)
         again = run.sample_block(parent.index(torch.arange(8)), 6, pen)
     used = set(first.gen.flatten().tolist())
     assert sum(t in used for t in again.gen.flatten().tolist()) < 0.2 * again.gen.numel()
@@ -228,3 +246,18 @@ def test_committed_pieces_are_the_start_of_the_answer_even_when_a_character_spli
             streamed = "".join(pieces.get(b, []))
             assert "\ufffd" not in streamed[-1:]
             assert r.response.startswith(streamed), (seed, b, streamed, r.response)
+
+
+def test_a_finished_answer_within_budget_beats_a_refusal(stack):
+    # early EOS puts short (safe) answers in the pool; longer live beams all overdraw: the safe answer stands
+    st = Stack(lm=tiny_lm(eos_boost=3.0), reward=VowelReward(), cost=_LongIsHarmful(3))
+    cfg = preset("inferenceguard", max_new_tokens=12, block=2, candidates=8, on_exhausted="refuse")
+    results = search(st, PROMPTS, cfg, seed=0)
+    saved = [r for r in results if r.safe and not r.refused]
+    assert saved, "the setting should leave a safe finished answer for at least one prompt"
+    assert all(not r.exhausted and len(r.response) <= 3 for r in saved)
+
+
+def test_token_level_search_keeps_one_beam():
+    with pytest.raises(ConfigError, match="keep"):
+        preset("args", keep=2, candidates=10)

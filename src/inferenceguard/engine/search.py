@@ -110,7 +110,8 @@ class _Run:
 
     # -- the LM -------------------------------------------------------------------------------------------
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, cache: Any, prompt: torch.Tensor):
-        """ids (R, t), mask (R, T_past + t) -> logits (R, V), last hidden (R, t, H), pooled features (R, t, F)."""
+        """ids (R, t), mask (R, T_past + t) -> logits (R, V), last hidden (R, t, H), pooled features (R, t, F).
+        ``prompt`` lists the prompts of the rows that still take part (counted as one forward pass each)."""
         pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
         with self.timed("lm"):
             out = self.lm.model(
@@ -182,7 +183,7 @@ class _Run:
                 k = torch.arange(rows.n, device=scores.device) - _first_of_group(rows.prompt, rows.n)
                 tok = scores.topk(int(k.max()) + 1, -1).indices.gather(1, k[:, None]).squeeze(1)
             else:
-                tok = _sample(scores / cfg.temperature, segments, self.gens)
+                tok = _sample(scores / cfg.temperature, segments, self.gens, done)
             logp += torch.log_softmax(logits, -1).gather(1, tok[:, None]).squeeze(1) * ~done
             sampled += torch.bincount(rows.prompt[~done].cpu(), minlength=self.B)
             tok = torch.where(done, lm.pad_id, tok)
@@ -192,7 +193,7 @@ class _Run:
             gen.append(tok[:, None])
             real.append(is_real[:, None])
             mask = torch.cat([mask, is_real[:, None].long()], 1)
-            logits, h_new, f_new, cache = self.forward(tok[:, None], mask, cache, rows.prompt)
+            logits, h_new, f_new, cache = self.forward(tok[:, None], mask, cache, rows.prompt[is_real])
             h = torch.where(is_real[:, None], h_new, h)
             feats += f_new[:, -1] * is_real[:, None]
         gen_t, real_t = torch.cat(gen, 1), torch.cat(real, 1)
@@ -270,16 +271,24 @@ def _first_of_group(prompt: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cummax(torch.where(starts, torch.arange(n, device=prompt.device), 0), 0).values
 
 
-def _sample(logits: torch.Tensor, segments: list[tuple[int, int, int]], gens: list[torch.Generator]) -> torch.Tensor:
+def _sample(
+    logits: torch.Tensor, segments: list[tuple[int, int, int]], gens: list[torch.Generator], done: torch.Tensor
+) -> torch.Tensor:
     """One token per row by inverse-CDF sampling (one uniform per row, far cheaper than multinomial over a
-    large vocabulary). Each prompt draws from its own generator, so a prompt's tokens do not depend on which
-    other prompts share the batch."""
+    large vocabulary). Each prompt draws from its own generator, and only while one of its rows is unfinished,
+    so a prompt's tokens do not depend on which other prompts share the batch."""
     cdf = torch.softmax(logits, -1).cumsum(-1)
-    u = torch.empty(logits.shape[0], 1, device=logits.device)
+    u = torch.zeros(logits.shape[0], 1, device=logits.device)
     for b, s, e in segments:
-        u[s:e] = torch.rand(e - s, 1, generator=gens[b], device=logits.device)
+        if not bool(done[s:e].all()):
+            u[s:e] = torch.rand(e - s, 1, generator=gens[b], device=logits.device)
     tok = torch.searchsorted(cdf, u * cdf[:, -1:]).squeeze(1)
     return tok.clamp(max=logits.shape[1] - 1)
+
+
+def _stuck(prompt: torch.Tensor, ok: torch.Tensor, B: int) -> torch.Tensor:
+    """(B,) prompts that have candidates and none of them admissible."""
+    return (torch.bincount(prompt, weights=ok.float(), minlength=B) == 0) & (torch.bincount(prompt, minlength=B) > 0)
 
 
 def _rank_in_prompt(score: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
@@ -290,12 +299,12 @@ def _rank_in_prompt(score: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
     return order, rank
 
 
-def _penalty(rows: Rows, bad: torch.Tensor, B: int, V: int, strength: float) -> torch.Tensor:
-    """(B, V) logit penalty: strength x occurrences per candidate of each token in the prompt's unsafe blocks."""
+def _penalty(rows: Rows, bad: torch.Tensor, B: int, V: int, strength: float, start: int) -> torch.Tensor:
+    """(B, V) logit penalty: strength x occurrences per candidate of each token in the prompt's unsafe blocks
+    (the columns from ``start`` on: the block just sampled, not the prefix its beam already kept)."""
     pen = torch.zeros(B, V, device=rows.gen.device)
-    width = rows.gen.shape[1]
-    pr = rows.prompt[bad][:, None].expand(-1, width)
-    tok, real = rows.gen[bad], rows.real[bad]
+    tok, real = rows.gen[bad, start:], rows.real[bad, start:]
+    pr = rows.prompt[bad][:, None].expand(-1, tok.shape[1])
     pen.index_put_((pr[real], tok[real]), torch.ones_like(tok[real], dtype=pen.dtype), accumulate=True)
     per = torch.bincount(rows.prompt[bad], minlength=B).clamp(min=1)
     return strength * pen / per[:, None]
@@ -350,31 +359,34 @@ def search(
             )
         )
         score, ok = cfg.select(run.candidates(cands))
-        # 2. no admissible candidate: penalise the unsafe blocks' tokens and resample, up to M rounds
-        penalty = None
+        # 2. no admissible candidate: penalise the unsafe blocks' tokens and resample, up to M rounds. A prompt
+        # whose beams are all over budget already (kept as the least unsafe) cannot recover: z never increases
+        hopeful = torch.zeros(B, dtype=torch.bool, device=lm.device).index_fill_(0, parents.prompt[parents.z >= 0], 1)
+        penalty, fresh, start = None, cands, parents.gen.shape[1]
         for _ in range(cfg.resample_rounds):
-            stuck = torch.bincount(cands.prompt, weights=ok.float(), minlength=B) == 0
-            stuck &= torch.bincount(cands.prompt, minlength=B) > 0
+            stuck = _stuck(cands.prompt, ok, B) & hopeful
             if not bool(stuck.any()):
                 break
-            bad = stuck[cands.prompt]
-            step_pen = _penalty(cands, bad, B, rows.logits.shape[1], cfg.resample_strength)
+            step_pen = _penalty(fresh, stuck[fresh.prompt], B, rows.logits.shape[1], cfg.resample_strength, start)
             penalty = step_pen if penalty is None else penalty + step_pen
             redo = stuck[parents.prompt].nonzero().squeeze(1)
             sub = parents.index(redo)
             sub = sub.index(torch.repeat_interleave(torch.arange(sub.n, device=lm.device), per_beam[redo]))
-            cands = _cat_rows([cands, run.score(run.sample_block(sub, n_tokens, penalty))])
+            fresh = run.score(run.sample_block(sub, n_tokens, penalty))
+            cands = _cat_rows([cands, fresh])
             score, ok = cfg.select(run.candidates(cands))
         # 3. still nothing admissible: the exhaustion policy (flag keeps the least-unsafe, refuse ends the prompt)
-        stuck = (torch.bincount(cands.prompt, weights=ok.float(), minlength=B) == 0) & (
-            torch.bincount(cands.prompt, minlength=B) > 0
-        )
-        for b in stuck.nonzero().squeeze(1).tolist():
-            exhausted[b] = True
-            refused[b] = cfg.on_exhausted == "refuse"
+        # (a prompt with a finished answer within budget stops instead: no live beam can still beat it)
+        ended = list(refused)
+        for b in _stuck(cands.prompt, ok, B).nonzero().squeeze(1).tolist():
+            if any(h.z >= 0 for h in pool[b]):
+                ended[b] = True
+            elif hopeful[b]:
+                exhausted[b] = True
+                refused[b] = ended[b] = cfg.on_exhausted == "refuse"
         # 4. keep the top K per prompt (admissible first); finished beams leave for the pool
         order, rank = _rank_in_prompt(safety.reshape(score, cands.z, cfg.penalty, ok), cands.prompt)
-        keep = order[(rank < cfg.keep) & ~torch.tensor(refused, device=lm.device)[cands.prompt[order]]]
+        keep = order[(rank < cfg.keep) & ~torch.tensor(ended, device=lm.device)[cands.prompt[order]]]
         rows = cands.index(keep)
         fin = rows.done
         for i in fin.nonzero().squeeze(1).tolist():

@@ -112,6 +112,8 @@ class SearchConfig:
             raise ConfigError("proposal", self.proposal, "must be 'sample' or 'topk'")
         if self.proposal == "topk" and self.block != 1:
             raise ConfigError("block", self.block, "must be 1 with top-k proposals (token-level search)")
+        if self.proposal == "topk" and self.keep != 1:
+            raise ConfigError("keep", self.keep, "must be 1 with top-k proposals (the top k tokens of one beam)")
 
 
 @dataclass
