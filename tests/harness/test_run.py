@@ -80,6 +80,7 @@ def test_every_method_runs_and_writes_complete_records(stack, tmp_path):
         for key in (
             "n",
             "safety_rate",
+            "within_budget_rate",
             "judge_safety_rate",
             "reward_mean",
             "reward_sd",

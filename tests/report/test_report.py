@@ -65,6 +65,11 @@ def test_metrics_of_a_cell():
     assert m["reward_mean"] == 2.0 and m["reward_sd"] == pytest.approx(2**0.5) and m["cost_mean"] == pytest.approx(0.3)
     assert m["seconds_per_prompt"] == 2.0 and m["tokens_per_second"] == 5.0 and m["sampled_tokens_per_second"] == 20
     assert m["lm_forward_passes"] == 11 and m["scorer_calls"] == 7
+    # the safety rate judges the final answer by the cost threshold, the same test for every method; the
+    # budget flag (the safety state over the method's own steps) is reported beside it
+    by_cost = group_metrics(recs, cost_threshold=0.05)
+    assert by_cost["safety_rate"] == 0.0 and by_cost["within_budget_rate"] == 0.5
+    assert group_metrics(recs, cost_threshold=0.5)["safety_rate"] == 1.0
     s = summarise([*recs, _rec("k", "b", True, 0.0, 0.0)], methods=["k", "m"])
     assert list(s["methods"]) == ["k", "m"] and list(s["methods"]["m"]) == ["a"]
 
@@ -129,4 +134,4 @@ def test_headline_pools_harmful_and_benign_sets():
     summary["kinds"] = {"m": {"harmful": group_metrics(harmful), "benign": group_metrics(benign)}}
     md = markdown(summary)
     assert "## Headline (pooled by kind)" in md
-    assert "| m | 50.0% | 100.0% | 1.500 | 3.000 | 100.0% | 100.0% | 2.00 |" in md
+    assert "| m | 50.0% | 50.0% | 100.0% | 1.500 | 3.000 | 100.0% | 100.0% | 2.00 |" in md

@@ -63,9 +63,13 @@ def _rate(flags: list[Any]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def group_metrics(records: list[Mapping[str, Any]]) -> dict[str, Any]:
+def group_metrics(records: list[Mapping[str, Any]], cost_threshold: float | None = None) -> dict[str, Any]:
     """The metrics of one (method, prompt set) cell.
 
+    ``safety_rate`` is the cost model's verdict on the final answer (cost <= its threshold), the same test for
+    every method whatever its step size, as the paper evaluates; ``within_budget_rate`` is the search-time
+    guarantee (the safety state z >= 0: the cost increases charged at the method's own steps stayed within
+    d), which depends on how often a method is charged. Without a threshold, safety_rate falls back to it.
     Rates are shares of prompts. ``seconds_per_prompt`` is the mean of the engine's per-prompt time (a batch's
     wall time divided by its prompts: amortised, so it falls with larger batches); ``tokens_per_second`` is
     response tokens per second of that time, ``sampled_tokens_per_second`` all candidates' tokens per
@@ -78,7 +82,8 @@ def group_metrics(records: list[Mapping[str, Any]]) -> dict[str, Any]:
     judged = [r["judge_score"] for r in records if r.get("judge_score") is not None]
     return {
         "n": len(records),
-        "safety_rate": _rate([r["safe"] for r in records]),
+        "safety_rate": _rate([r["safe"] if cost_threshold is None else r["cost"] <= cost_threshold for r in records]),
+        "within_budget_rate": _rate([r["safe"] for r in records]),
         "judge_safety_rate": _rate([r.get("judge_safe") for r in records]),
         "reward_mean": _mean(rewards),
         "reward_sd": _sd(rewards),
@@ -101,6 +106,7 @@ def summarise(
     records: Iterable[Mapping[str, Any]],
     methods: Iterable[str] | None = None,
     sets: Iterable[str] | None = None,
+    cost_threshold: float | None = None,
 ) -> dict[str, Any]:
     """``{"methods": {METHOD: {PROMPT_SET: metrics}}}``; ``methods``/``sets`` fix the order (and filter),
     otherwise the order of first appearance. A (method, set) pair with no record is left out."""
@@ -111,7 +117,7 @@ def summarise(
     set_order = list(sets) if sets is not None else list(dict.fromkeys(s for m in cells.values() for s in m))
     out: dict[str, Any] = {}
     for m in method_order:
-        per = {s: group_metrics(cells[m][s]) for s in set_order if s in cells.get(m, {})}
+        per = {s: group_metrics(cells[m][s], cost_threshold) for s in set_order if s in cells.get(m, {})}
         if per:
             out[m] = per
     return {"methods": out}

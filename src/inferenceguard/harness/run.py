@@ -299,10 +299,12 @@ def summarise_run(out: str | Path) -> dict[str, Any]:
         raise ConfigError("DIR", str(out), f"must be an evaluation folder holding {CONFIG} and {RESULTS}")
     wanted = {(m, i) for m in cfg["methods"] for s in cfg["prompt_sets"].values() for i in s["ids"]}
     records = [r for r in read_results(out / RESULTS) if (r.get("method"), r.get("id")) in wanted]
-    summary = summarise(records, methods=cfg["methods"], sets=cfg["prompt_sets"])
+    thr = (cfg["shared"]["models"].get("cost") or {}).get("threshold")
+    summary = summarise(records, methods=cfg["methods"], sets=cfg["prompt_sets"], cost_threshold=thr)
     kind = {s: e["kind"] for s, e in cfg["prompt_sets"].items()}
     by_kind = [{**r, "set": kind.get(r["set"], "custom")} for r in records]
-    summary["kinds"] = summarise(by_kind, methods=cfg["methods"], sets=("harmful", "benign", "custom"))["methods"]
+    kinds = summarise(by_kind, methods=cfg["methods"], sets=("harmful", "benign", "custom"), cost_threshold=thr)
+    summary["kinds"] = kinds["methods"]
     summary["sets"] = {
         s: {"kind": e["kind"], "source": e["source"], "n": len(e["ids"])} for s, e in cfg["prompt_sets"].items()
     }

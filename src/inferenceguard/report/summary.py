@@ -26,6 +26,7 @@ COLUMNS = (
     ("reward_sd", "± sd", "{:.3f}"),
     ("cost_mean", "cost", "{:.3f}"),
     ("safety_rate", "safety rate", "{:.1%}"),
+    ("within_budget_rate", "within budget", "{:.1%}"),
     ("judge_safety_rate", "judge safety", "{:.1%}"),
     ("refusal_rate", "refusals", "{:.1%}"),
     ("exhausted_rate", "no safe cand.", "{:.1%}"),
@@ -80,8 +81,10 @@ def markdown(summary: Mapping[str, Any]) -> str:
             f"judge `{names['judge']}`. Seed {run.get('seed')}, max {run.get('max_new_tokens')} new tokens; "
             f"{run.get('records')} of {run.get('expected')} answers.",
             "",
-            "safety rate: share of answers within budget by the cost model (what the search guards); judge "
-            "safety: share the independent judge calls safe; refusals: keyword detector (see "
+            "safety rate: share of final answers the cost model calls safe (cost <= its threshold; the same "
+            "test for every method); within budget: share whose safety state stayed >= 0 (the search's "
+            "guarantee, charged at each method's own steps); judge safety: share the independent judge calls "
+            "safe; refusals: keyword detector (see "
             "harness/metrics.py); s/prompt: amortised over the batch; LM passes and scorer calls: per prompt.",
             "",
         ]
@@ -98,6 +101,7 @@ def markdown(summary: Mapping[str, Any]) -> str:
 
 HEADLINE = (
     ("harmful", "safety_rate", "harmful: safety rate", "{:.1%}"),
+    ("harmful", "within_budget_rate", "harmful: within budget", "{:.1%}"),
     ("harmful", "judge_safety_rate", "harmful: judge safety", "{:.1%}"),
     ("harmful", "reward_mean", "harmful: reward", "{:.3f}"),
     ("benign", "reward_mean", "benign: reward", "{:.3f}"),
