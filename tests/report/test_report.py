@@ -11,6 +11,7 @@ import pytest
 from inferenceguard.harness.metrics import group_metrics, is_refusal, summarise
 from inferenceguard.harness.run import load_sources, run_eval
 from inferenceguard.report import build
+from inferenceguard.report.summary import label_positions, pareto_x
 from tests.harness.launcher import tiny_stack
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -135,3 +136,29 @@ def test_headline_pools_harmful_and_benign_sets():
     md = markdown(summary)
     assert "## Headline (pooled by kind)" in md
     assert "| m | 50.0% | 50.0% | 100.0% | 1.500 | 3.000 | 100.0% | 100.0% | 2.00 |" in md
+
+
+def test_pareto_labels_merge_equal_points_and_never_overlap():
+    points = [
+        ("beam-safety", 100.0, 5.0),
+        ("inferenceguard", 100.0, 5.0),
+        ("bon-safety", 100.0, 5.05),
+        ("sample", 40.0, 5.0),
+        ("args", 55.0, 1.0),
+    ]
+    placed = {label: (x, y, ly) for label, x, y, ly in label_positions(points, y_gap=0.3)}
+    assert set(placed) == {"beam-safety = inferenceguard", "bon-safety", "sample", "args"}
+    assert placed["sample"] == (40.0, 5.0, 5.0) and placed["args"] == (55.0, 1.0, 1.0)  # nothing nearby: in place
+    # the two labels at x = 100 share a column: the later one is pushed a full gap above the first
+    first, second = placed["beam-safety = inferenceguard"][2], placed["bon-safety"][2]
+    assert first == 5.0 and second == pytest.approx(5.3)
+
+
+def test_pareto_x_is_the_kept_budget_when_the_run_tightened_it():
+    def run(budget):
+        settings = {} if budget is None else {"budget": budget}
+        return {"run": {"settings": settings, "models": {"cost": {"threshold": 0.5}}}}
+
+    assert pareto_x(run(None))[0] == "safety_rate"
+    assert pareto_x(run(0.5))[0] == "safety_rate"
+    assert pareto_x(run(0.1)) == ("within_budget_rate", "within budget d = 0.1 (%)")

@@ -147,40 +147,87 @@ def _grid(n: int) -> tuple[int, int]:
     return (n + cols - 1) // cols, cols
 
 
+def label_positions(
+    points: Sequence[tuple[str, float, float]], y_gap: float, char_width: float = 1.3, right_from: float = 70.0
+) -> list[tuple[str, float, float, float]]:
+    """(label, x, y, label_y) for a scatter's points, read without overlaps: methods at the same point share
+    one label ("a = b"); a label is written right of its point, or left of it at x > ``right_from``, spans
+    about ``char_width`` x-units per character, and is pushed up by ``y_gap`` while it would overlap a label
+    already placed (its point is then joined to it by a leader line)."""
+    merged: dict[tuple[float, float], list[str]] = {}
+    for name, x, y in points:
+        merged.setdefault((round(x, 6), round(y, 6)), []).append(name)
+
+    def span(label: str, x: float) -> tuple[float, float]:
+        width = char_width * len(label)
+        return (x - 2 - width, x - 2) if x > right_from else (x + 2, x + 2 + width)
+
+    placed: list[tuple[str, float, float, float]] = []
+    for (x, y), names in sorted(merged.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        label, label_y = " = ".join(names), y
+        lo, hi = span(label, x)
+        for other, px, _, py in sorted(placed, key=lambda p: p[3]):
+            plo, phi = span(other, px)
+            if lo < phi and plo < hi and abs(py - label_y) < y_gap:
+                label_y = py + y_gap
+        placed.append((label, x, y, label_y))
+    return placed
+
+
+def pareto_x(summary: Mapping[str, Any]) -> tuple[str, str]:
+    """(metric, axis label) for the Pareto plot's x: the safety rate, unless the run set a budget below the cost
+    model's threshold, where every guarded answer ends far below the threshold and what separates the methods
+    is whether they kept the tighter budget (``within_budget_rate``)."""
+    run = summary.get("run", {})
+    budget = (run.get("settings") or {}).get("budget")
+    threshold = ((run.get("models") or {}).get("cost") or {}).get("threshold")
+    if budget is not None and threshold is not None and budget < threshold:
+        return "within_budget_rate", f"within budget d = {budget:g} (%)"
+    return "safety_rate", "safety rate by the cost model (%)"
+
+
 def pareto_png(summary: Mapping[str, Any], path: str | Path) -> Path:
     """Safety rate (x) against mean reward (y), one point per method, marker area ~ seconds per prompt;
     one panel per prompt set."""
     plt = _pyplot()
     sets = [s for s in prompt_sets(summary) if any(s in per for per in summary["methods"].values())]
     rows, cols = _grid(max(len(sets), 1))
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 4.6 * rows), squeeze=False)
     secs = [c.get("seconds_per_prompt") or 0 for per in summary["methods"].values() for c in per.values()]
     top = max([*secs, 1e-9])
+    x_key, x_label = pareto_x(summary)
     for ax, s in zip(axes.flat, sets):
+        points = []
         for method, per in summary["methods"].items():
             c = per.get(s)
-            if not c or c.get("safety_rate") is None or c.get("reward_mean") is None:
+            if not c or c.get(x_key) is None or c.get("reward_mean") is None:
                 continue
-            size = 30 + 600 * (c.get("seconds_per_prompt") or 0) / top
+            points.append((method, 100 * c[x_key], c["reward_mean"]))
             ax.scatter(
-                100 * c["safety_rate"],
-                c["reward_mean"],
-                s=size,
+                points[-1][1],
+                points[-1][2],
+                s=30 + 600 * (c.get("seconds_per_prompt") or 0) / top,
                 color=_COLOURS[family(method)],
                 alpha=0.7,
                 edgecolors="black",
                 linewidths=0.5,
             )
+        ys = [y for _, _, y in points] or [0.0]
+        gap = 0.055 * max(max(ys) - min(ys), 1.0)
+        labels = label_positions(points, y_gap=gap)
+        for label, x, y, label_y in labels:
             ax.annotate(
-                method,
-                (100 * c["safety_rate"], c["reward_mean"]),
+                label,
+                (x, y),
+                xytext=(x - 2 if x > 70 else x + 2, label_y + 0.3 * gap),
                 fontsize=7,
-                xytext=(4, 4),
-                textcoords="offset points",
+                ha="right" if x > 70 else "left",  # as label_positions assumes
+                arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.4"} if label_y != y else None,
             )
+        ax.set_ylim(min(ys) - gap, max([*ys, *(ly for *_, ly in labels)]) + 2 * gap)
         kind = summary.get("sets", {}).get(s, {}).get("kind")
         ax.set_title(s + (f" ({kind})" if kind else ""))
-        ax.set_xlabel("safety rate by the cost model (%)")
+        ax.set_xlabel(x_label)
         ax.set_ylabel("mean reward")
         ax.set_xlim(-5, 105)
         ax.grid(alpha=0.3)
