@@ -1,5 +1,11 @@
 """Shared test setup."""
 
+import os
+
+# Tests never reach a model hub (set before transformers and huggingface_hub are imported, which read it once).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
 import pytest
 
 from tests.harness.launcher import one_thread
