@@ -147,8 +147,14 @@ def _grid(n: int) -> tuple[int, int]:
     return (n + cols - 1) // cols, cols
 
 
+_LABEL_LEFT_FROM = 70.0  # Pareto labels sit left of points beyond this x (%), so they stay inside the panel
+
+
 def label_positions(
-    points: Sequence[tuple[str, float, float]], y_gap: float, char_width: float = 1.3, right_from: float = 70.0
+    points: Sequence[tuple[str, float, float]],
+    y_gap: float,
+    char_width: float = 1.3,
+    right_from: float = _LABEL_LEFT_FROM,
 ) -> list[tuple[str, float, float, float]]:
     """(label, x, y, label_y) for a scatter's points, read without overlaps: methods at the same point share
     one label ("a = b"); a label is written right of its point, or left of it at x > ``right_from``, spans
@@ -187,8 +193,8 @@ def pareto_x(summary: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def pareto_png(summary: Mapping[str, Any], path: str | Path) -> Path:
-    """Safety rate (x) against mean reward (y), one point per method, marker area ~ seconds per prompt;
-    one panel per prompt set."""
+    """Safety rate (x; see ``pareto_x``) against mean reward (y), one point per method, marker area ~ seconds
+    per prompt; one panel per prompt set."""
     plt = _pyplot()
     sets = [s for s in prompt_sets(summary) if any(s in per for per in summary["methods"].values())]
     rows, cols = _grid(max(len(sets), 1))
@@ -219,9 +225,9 @@ def pareto_png(summary: Mapping[str, Any], path: str | Path) -> Path:
             ax.annotate(
                 label,
                 (x, y),
-                xytext=(x - 2 if x > 70 else x + 2, label_y + 0.3 * gap),
+                xytext=(x - 2 if x > _LABEL_LEFT_FROM else x + 2, label_y + 0.3 * gap),
                 fontsize=7,
-                ha="right" if x > 70 else "left",  # as label_positions assumes
+                ha="right" if x > _LABEL_LEFT_FROM else "left",
                 arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.4"} if label_y != y else None,
             )
         ax.set_ylim(min(ys) - gap, max([*ys, *(ly for *_, ly in labels)]) + 2 * gap)
