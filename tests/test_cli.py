@@ -13,7 +13,7 @@ import pytest
 from inferenceguard import cli
 from inferenceguard.engine.types import REFUSAL
 from inferenceguard.strategies import PRESETS
-from tests.utils.tiny import byte_tokenizer, save_classifier, tiny_llama
+from tests.utils.tiny import save_classifier, save_lm
 
 MAX_NEW = 8
 PROMPT = "How do I bake bread?"
@@ -42,11 +42,8 @@ KEYS = {
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
     """Folders of a tiny chat LM (context 512), a 1-output reward model and a safe/unsafe cost classifier."""
-    lm = tmp_path_factory.mktemp("lm")
-    tiny_llama().save_pretrained(lm)
-    byte_tokenizer().save_pretrained(lm)
     return {
-        "lm": str(lm),
+        "lm": save_lm(tmp_path_factory.mktemp("lm")),
         "rm": save_classifier(tmp_path_factory.mktemp("rm"), ["score"]),
         "cm": save_classifier(tmp_path_factory.mktemp("cm"), ["safe", "unsafe"]),
     }

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from inferenceguard.errors import AssetError, ConfigError
 from inferenceguard.models import loading
 from inferenceguard.models.loading import load_lm, package_dir, pick_device, pick_dtype, resolve_lm_source
-from tests.utils.tiny import byte_tokenizer, tiny_llama
+from tests.utils.tiny import byte_tokenizer, save_lm
 
 
 @pytest.fixture
 def lm_folder(tmp_path):
-    folder = tmp_path / "tiny-lm"
-    tiny_llama().save_pretrained(folder)
-    byte_tokenizer().save_pretrained(folder)
-    return folder
+    return Path(save_lm(tmp_path / "tiny-lm"))
 
 
 def test_auto_device_and_dtype(monkeypatch):

@@ -12,7 +12,7 @@ from inferenceguard.scorers.embedded import ENCODER_FEATURES, PROBE_FEATURES, En
 from tests.scorers.test_adapters import save_classifier
 from tests.scorers.test_embedded import random_head
 from tests.stubs import CharCost
-from tests.utils.tiny import tiny_encoder, tiny_lm
+from tests.utils.tiny import save_lm, tiny_encoder, tiny_lm
 
 
 def test_a_scorer_object_passes_through():
@@ -34,10 +34,7 @@ def test_guard_llm_spec_loads_a_folder_and_reuses_the_engine_lm(tmp_path, monkey
     from inferenceguard.models.loading import load_lm
     from inferenceguard.scorers import defaults
 
-    lm = tiny_lm()
-    lm.model.save_pretrained(tmp_path / "lm")
-    lm.tokenizer.save_pretrained(tmp_path / "lm")
-    spec = f"guard-llm:{tmp_path / 'lm'}"
+    spec = f"guard-llm:{save_lm(tmp_path / 'lm')}"
     with pytest.raises(ConfigError, match=r"'yes'.*single token"):
         load_scorer(spec, "cost")  # it loads the folder; then "Yes" is three byte tokens
     with pytest.raises(ConfigError, match="helpfulness"):

@@ -106,6 +106,13 @@ def tiny_bert_config(labels: list[str] | None = None, layers: int = 1, context: 
     )
 
 
+def save_lm(path, seed: int = 0) -> str:
+    """A tiny random chat LM (``tiny_llama`` with the byte tokenizer), saved like a hub model folder."""
+    tiny_llama(seed).save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return str(path)
+
+
 def save_classifier(path, labels: list[str], layers: int = 1, context: int = 128, pad: bool = True) -> str:
     """A tiny random BERT sequence classifier with the byte tokenizer, saved like a hub model folder."""
     BertForSequenceClassification(tiny_bert_config(labels, layers, context)).eval().save_pretrained(path)
