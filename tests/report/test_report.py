@@ -146,7 +146,7 @@ def test_pareto_labels_merge_equal_points_and_never_overlap():
         ("sample", 40.0, 5.0),
         ("args", 55.0, 1.0),
     ]
-    placed = {label: (x, y, ly) for label, x, y, ly in label_positions(points, y_gap=0.3)}
+    placed = {lab.text: (lab.x, lab.y, lab.text_y) for lab in label_positions(points, y_gap=0.3)}
     assert set(placed) == {"beam-safety = inferenceguard", "bon-safety", "sample", "args"}
     assert placed["sample"] == (40.0, 5.0, 5.0) and placed["args"] == (55.0, 1.0, 1.0)  # nothing nearby: in place
     # the two labels at x = 100 share a column: the later one is pushed a full gap above the first

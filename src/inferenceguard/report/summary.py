@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from inferenceguard.errors import need_package
 
@@ -147,36 +147,45 @@ def _grid(n: int) -> tuple[int, int]:
     return (n + cols - 1) // cols, cols
 
 
-_LABEL_LEFT_FROM = 70.0  # Pareto labels sit left of points beyond this x (%), so they stay inside the panel
+class Label(NamedTuple):
+    """A Pareto label: its text, the point it names, and where the text sits (x, y, horizontal alignment)."""
+
+    text: str
+    x: float
+    y: float
+    text_x: float
+    text_y: float
+    ha: str
 
 
 def label_positions(
     points: Sequence[tuple[str, float, float]],
     y_gap: float,
     char_width: float = 1.3,
-    right_from: float = _LABEL_LEFT_FROM,
-) -> list[tuple[str, float, float, float]]:
-    """(label, x, y, label_y) for a scatter's points, read without overlaps: methods at the same point share
-    one label ("a = b"); a label is written right of its point, or left of it at x > ``right_from``, spans
-    about ``char_width`` x-units per character, and is pushed up by ``y_gap`` while it would overlap a label
-    already placed (its point is then joined to it by a leader line)."""
+    left_from: float = 70.0,
+) -> list[Label]:
+    """Labels for a scatter's points, read without overlaps: methods at the same point share one label
+    ("a = b"); a label is written right of its point, or left of it beyond x = ``left_from`` (so it stays inside
+    the panel), spans about ``char_width`` x-units per character, and is pushed up by ``y_gap`` while it would
+    overlap a label already placed (its point is then joined to it by a leader line)."""
     merged: dict[tuple[float, float], list[str]] = {}
     for name, x, y in points:
         merged.setdefault((round(x, 6), round(y, 6)), []).append(name)
 
-    def span(label: str, x: float) -> tuple[float, float]:
-        width = char_width * len(label)
-        return (x - 2 - width, x - 2) if x > right_from else (x + 2, x + 2 + width)
+    def span(text: str, text_x: float, ha: str) -> tuple[float, float]:
+        width = char_width * len(text)
+        return (text_x - width, text_x) if ha == "right" else (text_x, text_x + width)
 
-    placed: list[tuple[str, float, float, float]] = []
+    placed: list[Label] = []
     for (x, y), names in sorted(merged.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        label, label_y = " = ".join(names), y
-        lo, hi = span(label, x)
-        for other, px, _, py in sorted(placed, key=lambda p: p[3]):
-            plo, phi = span(other, px)
-            if lo < phi and plo < hi and abs(py - label_y) < y_gap:
-                label_y = py + y_gap
-        placed.append((label, x, y, label_y))
+        text, ha = " = ".join(names), "right" if x > left_from else "left"
+        text_x, text_y = (x - 2 if ha == "right" else x + 2), y
+        lo, hi = span(text, text_x, ha)
+        for other in sorted(placed, key=lambda p: p.text_y):
+            o_lo, o_hi = span(other.text, other.text_x, other.ha)
+            if lo < o_hi and o_lo < hi and abs(other.text_y - text_y) < y_gap:
+                text_y = other.text_y + y_gap
+        placed.append(Label(text, x, y, text_x, text_y, ha))
     return placed
 
 
@@ -208,10 +217,11 @@ def pareto_png(summary: Mapping[str, Any], path: str | Path) -> Path:
             c = per.get(s)
             if not c or c.get(x_key) is None or c.get("reward_mean") is None:
                 continue
-            points.append((method, 100 * c[x_key], c["reward_mean"]))
+            x, y = 100 * c[x_key], c["reward_mean"]
+            points.append((method, x, y))
             ax.scatter(
-                points[-1][1],
-                points[-1][2],
+                x,
+                y,
                 s=30 + 600 * (c.get("seconds_per_prompt") or 0) / top,
                 color=_COLOURS[family(method)],
                 alpha=0.7,
@@ -221,16 +231,16 @@ def pareto_png(summary: Mapping[str, Any], path: str | Path) -> Path:
         ys = [y for _, _, y in points] or [0.0]
         gap = 0.055 * max(max(ys) - min(ys), 1.0)
         labels = label_positions(points, y_gap=gap)
-        for label, x, y, label_y in labels:
+        for lab in labels:
             ax.annotate(
-                label,
-                (x, y),
-                xytext=(x - 2 if x > _LABEL_LEFT_FROM else x + 2, label_y + 0.3 * gap),
+                lab.text,
+                (lab.x, lab.y),
+                xytext=(lab.text_x, lab.text_y + 0.3 * gap),
                 fontsize=7,
-                ha="right" if x > _LABEL_LEFT_FROM else "left",
-                arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.4"} if label_y != y else None,
+                ha=lab.ha,
+                arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.4"} if lab.text_y != lab.y else None,
             )
-        ax.set_ylim(min(ys) - gap, max([*ys, *(ly for *_, ly in labels)]) + 2 * gap)
+        ax.set_ylim(min(ys) - gap, max([*ys, *(lab.text_y for lab in labels)]) + 2 * gap)
         kind = summary.get("sets", {}).get(s, {}).get("kind")
         ax.set_title(s + (f" ({kind})" if kind else ""))
         ax.set_xlabel(x_label)
