@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from inferenceguard.engine import Stack, search
+from inferenceguard.engine import Stack, sampling, search
 from inferenceguard.engine.types import Candidates
 from inferenceguard.errors import ConfigError, InferenceGuardError
 from inferenceguard.guard import Guard
@@ -279,7 +279,9 @@ def test_methods_needing_a_critic_refuse_a_stack_without_one(lm, stack):
     other = replace(stack, critic=StubCritic("another-model"))
     with pytest.raises(ConfigError, match="must be trained on the base model"):
         bind(preset("recontrol"), other)
-    assert bind(preset("bon"), bare) == preset("bon")
+    # without a critic, binding only fills the sampling settings from the base model's defaults
+    assert bind(preset("bon"), bare) == sampling.resolve(preset("bon"), bare.lm.sampling_defaults)
+    assert bind(preset("bon"), bare).temperature == 1.0  # the tiny LM declares none: the paper's
     [r] = Guard.from_stack(stack).generate(["hi"], "recontrol", max_new_tokens=4)
     assert r.method == "recontrol" and r.new_tokens <= 4
 

@@ -30,7 +30,19 @@ DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="auto | float32 | 
 BudgetOpt = Annotated[float | None, typer.Option(help="Safety budget d (default: the cost model's threshold).")]
 BeamsOpt = Annotated[int | None, typer.Option(help="K: beams kept per step (default N/4).")]
 BlockOpt = Annotated[int | None, typer.Option(help="Tokens per search step.")]
-TemperatureOpt = Annotated[float | None, typer.Option(help="Sampling temperature.")]
+TemperatureOpt = Annotated[
+    float | None, typer.Option(help="Sampling temperature (default: the base model's; embedded: 0.7).")
+]
+TopPOpt = Annotated[
+    float | None, typer.Option("--top-p", help="Nucleus sampling: keep tokens up to this mass (1 = off).")
+]
+TopKOpt = Annotated[int | None, typer.Option("--top-k", help="Keep the k most likely tokens (0 = off).")]
+MinPOpt = Annotated[
+    float | None, typer.Option("--min-p", help="Drop tokens below min-p x the top token's probability (0 = off).")
+]
+RepetitionOpt = Annotated[
+    float | None, typer.Option("--repetition-penalty", help="Penalise tokens already in the answer (1 = off).")
+]
 OnExhaustedOpt = Annotated[str | None, typer.Option(help="When no safe candidate remains: flag | refuse.")]
 BatchOpt = Annotated[int, typer.Option(help="Prompts searched together.")]
 CriticOpt = Annotated[
@@ -61,6 +73,10 @@ def generate(
     max_new_tokens: Annotated[int | None, typer.Option(help="Maximum response length in tokens.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     temperature: TemperatureOpt = None,
+    top_p: TopPOpt = None,
+    top_k: TopKOpt = None,
+    min_p: MinPOpt = None,
+    repetition_penalty: RepetitionOpt = None,
     on_exhausted: OnExhaustedOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per prompt.")] = False,
     batch_size: BatchOpt = 4,
@@ -89,6 +105,10 @@ def generate(
         block=block,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
         on_exhausted=on_exhausted,
     )
     try:
@@ -190,6 +210,10 @@ def eval_(
     beams: BeamsOpt = None,
     block: BlockOpt = None,
     temperature: TemperatureOpt = None,
+    top_p: TopPOpt = None,
+    top_k: TopKOpt = None,
+    min_p: MinPOpt = None,
+    repetition_penalty: RepetitionOpt = None,
     on_exhausted: OnExhaustedOpt = None,
     critic: CriticOpt = None,
     judge: Annotated[str | None, typer.Option("--judge", help="Independent judge spec (default: embedded).")] = None,
@@ -212,6 +236,10 @@ def eval_(
         keep=beams,
         block=block,
         temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
         on_exhausted=on_exhausted,
     )
     resolve_methods(methods, max_new_tokens, settings)  # validate before loading any model

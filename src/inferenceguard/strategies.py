@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from inferenceguard import safety
+from inferenceguard.engine import sampling
 from inferenceguard.engine.types import Candidates, SearchConfig, Stack
 from inferenceguard.errors import ConfigError, InferenceGuardError
 
@@ -172,8 +173,10 @@ def needs_critic(cfg: SearchConfig) -> bool:
 
 
 def bind(cfg: SearchConfig, stack: Stack) -> SearchConfig:
-    """The configuration ready for ``stack``: a method that needs a critic gets a clear error when the stack
-    has none fitting its LM, and RE-Control's steer receives the stack's critic."""
+    """The configuration ready for ``stack``: unset sampling settings take the base model's defaults, a method
+    that needs a critic gets a clear error when the stack has none fitting its LM, and RE-Control's steer
+    receives the stack's critic."""
+    cfg = sampling.resolve(cfg, stack.lm.sampling_defaults)
     if not needs_critic(cfg):
         return cfg
     critic, lm_id = stack.critic, stack.lm.identity
@@ -245,6 +248,10 @@ _SHAPE = (
     "max_new_tokens",
     "budget",
     "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
     "gamma",
     "resample_rounds",
     "resample_strength",

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from inferenceguard import safety
-from inferenceguard.engine import kv
+from inferenceguard.engine import kv, sampling
 from inferenceguard.engine.types import Candidates, Result, SearchConfig, Stack
 from inferenceguard.errors import ConfigError
 from inferenceguard.scorers.base import LatentScorer, require_threshold
@@ -87,6 +87,7 @@ class _Run:
     """State of one batched search: models, per-prompt RNGs and counters."""
 
     def __init__(self, stack: Stack, cfg: SearchConfig, prompts: Sequence[str], seed: int):
+        cfg = sampling.resolve(cfg, stack.lm.sampling_defaults)
         self.stack, self.cfg, self.prompts, self.lm = stack, cfg, list(prompts), stack.lm
         self.B = len(prompts)
         dev = self.lm.device
@@ -175,15 +176,22 @@ class _Run:
         h, feats, done = rows.h, rows.feats.clone(), rows.done.clone()
         logp = torch.zeros_like(rows.logp)
         sampled = torch.zeros(self.B, dtype=torch.long)
+        seen = None  # (R, V) bool: tokens already in each row's response, for the repetition penalty
+        if cfg.repetition_penalty != 1.0:
+            seen = torch.zeros_like(logits).scatter_add_(1, rows.gen, rows.real.float()) > 0
         for t in range(n_tokens):
             if bool(done.all()):
                 break
             scores = logits if penalty is None else logits - penalty[rows.prompt]
+            if seen is not None:
+                scores = sampling.repetition(scores, seen, cfg.repetition_penalty)
             if cfg.proposal == "topk" and t == 0:  # token-level search: each parent's k-th best token
                 k = torch.arange(rows.n, device=scores.device) - _first_of_group(rows.prompt, rows.n)
                 tok = scores.topk(int(k.max()) + 1, -1).indices.gather(1, k[:, None]).squeeze(1)
+                outside = k >= sampling.kept_rank(scores, cfg)  # truncated away: no method could sample it
+                logp = torch.where(outside, float("-inf"), logp)
             else:
-                tok = _sample(scores / cfg.temperature, segments, self.gens, done)
+                tok = sampling.sample(scores, cfg, sampling.uniforms(segments, self.gens, done, scores.device))
             logp += torch.log_softmax(logits, -1).gather(1, tok[:, None]).squeeze(1) * ~done
             sampled += torch.bincount(rows.prompt[~done].cpu(), minlength=self.B)
             tok = torch.where(done, lm.pad_id, tok)
@@ -195,6 +203,8 @@ class _Run:
             mask = torch.cat([mask, is_real[:, None].long()], 1)
             logits, h_new, f_new, cache = self.forward(tok[:, None], mask, cache, rows.prompt[is_real])
             h = torch.where(is_real[:, None], h_new, h)
+            if seen is not None:
+                seen[is_real.nonzero().squeeze(1), tok[is_real]] = True
             feats += f_new[:, -1] * is_real[:, None]
         gen_t, real_t = torch.cat(gen, 1), torch.cat(real, 1)
         done = done | (gen_t.shape[1] >= cfg.max_new_tokens)
@@ -271,21 +281,6 @@ def _first_of_group(prompt: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cummax(torch.where(starts, torch.arange(n, device=prompt.device), 0), 0).values
 
 
-def _sample(
-    logits: torch.Tensor, segments: list[tuple[int, int, int]], gens: list[torch.Generator], done: torch.Tensor
-) -> torch.Tensor:
-    """One token per row by inverse-CDF sampling (one uniform per row, far cheaper than multinomial over a
-    large vocabulary). Each prompt draws from its own generator, and only while one of its rows is unfinished,
-    so a prompt's tokens do not depend on which other prompts share the batch."""
-    cdf = torch.softmax(logits, -1).cumsum(-1)
-    u = torch.zeros(logits.shape[0], 1, device=logits.device)
-    for b, s, e in segments:
-        if not bool(done[s:e].all()):
-            u[s:e] = torch.rand(e - s, 1, generator=gens[b], device=logits.device)
-    tok = torch.searchsorted(cdf, u * cdf[:, -1:]).squeeze(1)
-    return tok.clamp(max=logits.shape[1] - 1)
-
-
 def _stuck(prompt: torch.Tensor, ok: torch.Tensor, B: int) -> torch.Tensor:
     """(B,) prompts that have candidates and none of them admissible."""
     return (torch.bincount(prompt, weights=ok.float(), minlength=B) == 0) & (torch.bincount(prompt, minlength=B) > 0)
@@ -333,6 +328,7 @@ def search(
         raise ConfigError("prompts", prompts, "must be a non-empty list of prompt strings")
     t0 = time.perf_counter()
     run = _Run(stack, cfg, prompts, seed)
+    cfg = run.cfg  # sampling settings resolved against the base model's defaults
     lm, B = run.lm, run.B
     ids = [lm.encode_prompt(p, arg=f"prompts[{i}]") for i, p in enumerate(prompts)]
     longest = max(map(len, ids))

