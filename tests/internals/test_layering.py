@@ -8,6 +8,8 @@ import pytest
 PKG = Path(__file__).resolve().parents[2] / "src" / "inferenceguard"
 LAYERS = {
     "errors": 0,
+    "_io": 0,
+    "stats": 0,
     "models": 1,
     "safety": 1,
     "critic": 1,

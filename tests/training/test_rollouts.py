@@ -81,18 +81,18 @@ def test_crash_then_resume_loses_and_duplicates_nothing(stack, tmp_path, monkeyp
 
 
 def test_crash_between_shard_and_index_redoes_that_batch(stack, tmp_path, monkeypatch):
-    real = ro._write_text
+    real = ro.write_text
 
     def fail_index(path, text):
         if path.name == ro.INDEX and text.count("\n") == 2:
             raise OSError("disk full")
         return real(path, text)
 
-    monkeypatch.setattr(ro, "_write_text", fail_index)
+    monkeypatch.setattr(ro, "write_text", fail_index)
     with pytest.raises(OSError):
         collect_rollouts(stack, PROMPTS[:4], tmp_path, CFG, progress=False)
     assert (tmp_path / "shard-00001.safetensors").exists() and len(load_rollouts(tmp_path).prompts) == 2
-    monkeypatch.setattr(ro, "_write_text", real)
+    monkeypatch.setattr(ro, "write_text", real)
     collect_rollouts(stack, PROMPTS[:4], tmp_path, CFG, resume=True, progress=False)
     d = load_rollouts(tmp_path)
     assert sorted(d.prompts) == sorted(PROMPTS[:4]) and len(d.reward) == 8

@@ -93,9 +93,30 @@ def _packaged(fn: str) -> Callable[[], list[str]]:
     return read
 
 
+def _pool(kind: str, split: str) -> Callable[[], list[str]]:
+    def read() -> list[str]:
+        from inferenceguard import datasets
+
+        return [p.text for p in datasets.labelling_pools() if p.kind == kind and p.split == split]
+
+    return read
+
+
+_POOLS = tuple(
+    PromptSet(
+        f"pool-{kind}-{split}",
+        kind,
+        _pool(kind, split),
+        f"on-policy labelling pool: {kind} prompts of the '{split}' split (datasets.labelling_pools)",
+    )
+    for kind in ("harmful", "benign")
+    for split in ("train", "dev", "test")
+)
+
 PROMPT_SETS: dict[str, PromptSet] = {
     s.name: s
     for s in (
+        *_POOLS,
         PromptSet("advbench", "harmful", _packaged("advbench"), "AdvBench harmful behaviours (520; first 50 held out)"),
         PromptSet("harmbench", "harmful", _packaged("harmbench"), "HarmBench standard behaviours (200)"),
         PromptSet("donotanswer", "harmful", _packaged("donotanswer"), "Do-Not-Answer (939)"),

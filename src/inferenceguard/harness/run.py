@@ -28,12 +28,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from inferenceguard._io import write_json
 from inferenceguard.engine import Stack, search
 from inferenceguard.engine.types import SearchConfig
 from inferenceguard.errors import AssetError, ConfigError
@@ -187,22 +187,6 @@ def _first_difference(old: Any, new: Any, path: str) -> str | None:
     return None
 
 
-def _write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temporary file in the same folder, then rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def read_config(out: str | Path) -> dict[str, Any] | None:
     path = Path(out) / CONFIG
     if not path.is_file():
@@ -316,7 +300,7 @@ def summarise_run(out: str | Path) -> dict[str, Any]:
         "records": len(records),
         "expected": len(wanted),
     }
-    _write_json(out / SUMMARY, summary)
+    write_json(out / SUMMARY, summary)
     return summary
 
 
@@ -376,7 +360,7 @@ def run_eval(
     }
     config = merge_config(old, new, out)
     config["batch_size"] = batch_size  # informational: the latest run's batch size
-    _write_json(out / CONFIG, config)
+    write_json(out / CONFIG, config)
 
     done = read_results(out / RESULTS, repair=True)
     keys = config["method_keys"]

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 
 import torch
 
+from inferenceguard._io import write_atomic, write_json
 from inferenceguard.errors import AssetError, ConfigError
 
 FORMAT = "inferenceguard.linear_head/1"
@@ -106,8 +105,8 @@ class LinearHead:
             "intercept": torch.tensor([self.intercept], dtype=torch.float32),
         }
         st, js = stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
-        _atomic(st, lambda p: save_file({k: v.contiguous() for k, v in tensors.items()}, str(p)))
-        _atomic(js, lambda p: p.write_text(json.dumps(self.config(), indent=2, sort_keys=True) + "\n"))
+        write_atomic(st, lambda p: save_file({k: v.contiguous() for k, v in tensors.items()}, str(p)))
+        write_json(js, self.config(), sort_keys=True)
         return st, js
 
     @classmethod
@@ -154,16 +153,3 @@ class LinearHead:
             )
         except (ConfigError, KeyError, TypeError, ValueError) as e:
             raise AssetError(f"the linear head '{stem}' is inconsistent: {e}") from e
-
-
-def _atomic(target: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder, then rename: no half-written head on a crash."""
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", dir=target.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a head shipped in a package must be readable by all
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

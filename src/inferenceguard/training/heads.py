@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata
-import json
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from inferenceguard._io import write_json
 from inferenceguard.datasets import Row, labelled_harm, labelled_refusal
 from inferenceguard.errors import ConfigError
 from inferenceguard.models.loading import LM, Encoder, load_encoder, load_lm
@@ -44,6 +44,7 @@ from inferenceguard.scorers.embedded import (
     prefix_features,
 )
 from inferenceguard.scorers.heads import LinearHead
+from inferenceguard.stats import auc
 
 REBUILD_COMMAND = "inferenceguard build-scorers"
 MANIFEST_FORMAT = "inferenceguard.scorer_manifest/1"
@@ -74,16 +75,6 @@ def split_groups(groups: Sequence[str], seed: int, share: float = HELDOUT_SHARE)
     perm = np.random.default_rng(seed).permutation(len(uniq))
     n = min(len(uniq) - 1, max(1, round(share * len(uniq))))
     return frozenset(uniq[i] for i in perm[:n])
-
-
-def auc(y: np.ndarray, s: np.ndarray | torch.Tensor) -> float | None:
-    """ROC-AUC rounded to 4 places; None when only one class is present."""
-    from sklearn.metrics import roc_auc_score
-
-    y = np.asarray(y)
-    if len(np.unique(y)) < 2:
-        return None
-    return round(float(roc_auc_score(y, np.asarray(s, dtype=np.float64))), 4)
 
 
 def fit_head(X: np.ndarray, y: np.ndarray, C: float, **head: Any) -> LinearHead:
@@ -417,11 +408,5 @@ def build_default_heads(
         },
         "build_seconds": round(time.perf_counter() - t0, 1),
     }
-    _write_json(out / "manifest.json", manifest)
+    write_json(out / "manifest.json", manifest)
     return manifest
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    tmp.replace(path)

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -31,6 +29,7 @@ from typing import Any
 
 import torch
 
+from inferenceguard._io import write_atomic, write_text
 from inferenceguard.engine import Stack, sampling, search
 from inferenceguard.errors import AssetError, ConfigError
 from inferenceguard.scorers.base import require_threshold
@@ -38,7 +37,6 @@ from inferenceguard.strategies import BLOCK, preset
 
 FORMAT = "inferenceguard.rollouts/1"
 META, INDEX = "meta.json", "index.jsonl"
-EVAL_ADVBENCH, EVAL_BENIGN = 50, 30  # reserved for evaluation: the first N in file order, never trained on
 SETS = ("advbench", "harmbench", "donotanswer", "benign")
 DEFAULT_PROMPTS = "advbench:100,harmbench:50,donotanswer:50,benign:100"
 _FINGERPRINT = (
@@ -118,35 +116,28 @@ def _seed(seed: int, r: int) -> int:
 # ---- training prompts ----------------------------------------------------------------------------------------
 
 
-def reserved_eval_prompts() -> set[str]:
-    """Normalised prompts kept for evaluation: the first 50 AdvBench prompts and the first 30 benign ones."""
-    from inferenceguard.datasets import advbench, benign_prompts, normalise
-
-    return {normalise(p) for p in advbench()[:EVAL_ADVBENCH] + benign_prompts()[:EVAL_BENIGN]}
-
-
 def _set_pool(name: str) -> list[str]:
     from inferenceguard import datasets
 
     if name == "advbench":
-        return datasets.advbench()[EVAL_ADVBENCH:]
+        return datasets.advbench()[datasets.EVAL_ADVBENCH :]
     if name == "benign":
-        return datasets.benign_prompts()[EVAL_BENIGN:]
+        return datasets.benign_prompts()[datasets.EVAL_BENIGN :]
     return getattr(datasets, name)()
 
 
 def training_prompts(spec: str | Sequence[str] = DEFAULT_PROMPTS, seed: int = 0) -> list[tuple[str, str]]:
     """(prompt, source) pairs from a spec: comma-separated items, each a packaged set name with an optional
     count (``advbench:100``; sets: advbench, harmbench, donotanswer, benign) or a prompt file. A count draws
-    a seeded random subset, kept in file order. The evaluation prompts (:func:`reserved_eval_prompts`) are
-    always removed, from files too, and duplicates are dropped."""
-    from inferenceguard.datasets import normalise
+    a seeded random subset, kept in file order. The evaluation prompts and near copies of them
+    (:func:`~inferenceguard.datasets.near_eval`) and the prompts of the on-policy labels' test split
+    (:func:`~inferenceguard.datasets.split_of`) are always removed, from files too, and duplicates dropped."""
+    from inferenceguard.datasets import near_eval, normalise, split_of
     from inferenceguard.harness.prompts import read_prompt_file
 
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if not items:
         raise ConfigError("prompts", spec, "must name at least one prompt set or file")
-    reserved = reserved_eval_prompts()
     seen: set[str] = set()
     out: list[tuple[str, str]] = []
     for item in items:
@@ -157,7 +148,8 @@ def training_prompts(spec: str | Sequence[str] = DEFAULT_PROMPTS, seed: int = 0)
             pool, source, count = read_prompt_file(Path(item).expanduser(), arg="--prompts"), Path(item).name, ""
         else:
             raise ConfigError("prompts", item, f"must be a set ({', '.join(SETS)}, optionally ':N') or a file")
-        pool = [p for p in pool if normalise(p) not in reserved]
+        reserved = near_eval(pool)  # evaluation prompts and near copies; nor the labelled test split's prompts
+        pool = [p for p in pool if normalise(p) not in reserved and split_of(p) != "test"]
         if count:
             if not count.isdigit() or int(count) < 1:
                 raise ConfigError("prompts", item, "must give a positive integer count after ':'")
@@ -212,29 +204,6 @@ def _read_index(folder: Path) -> list[dict[str, Any]]:
     return lines
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through ``write(tmp_path)`` into a temporary sibling, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _write_text(path: Path, text: str) -> None:
-    def w(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-
-    _atomic_write(path, w)
-
-
 def _open_folder(folder: Path, meta: dict[str, Any], resume: bool) -> list[dict[str, Any]]:
     """The index of finished batches; checks that a resumed folder was rolled out the same way."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -259,7 +228,7 @@ def _open_folder(folder: Path, meta: dict[str, Any], resume: bool) -> list[dict[
                 + "); use another folder",
             )
     else:
-        _write_text(folder / META, json.dumps(meta, indent=2) + "\n")
+        write_text(folder / META, json.dumps(meta, indent=2) + "\n")
     return index
 
 
@@ -329,7 +298,7 @@ def collect_rollouts(
             entry = _write_shard(folder, len(index), chunk, results, meta["budget"])
             entry["seconds"] = round(time.perf_counter() - t_batch, 2)
             index.append(entry)
-            _write_text(folder / INDEX, "".join(json.dumps(b) + "\n" for b in index))
+            write_text(folder / INDEX, "".join(json.dumps(b) + "\n" for b in index))
             tokens += sum(res.tokens_sampled for rs in results for res in rs)
             new_rollouts += entry["rollouts"]
             bar.update(len(chunk))
@@ -401,8 +370,8 @@ def _write_shard(
         "cost": torch.tensor(cost, dtype=torch.float32),
     }
     name = f"shard-{n:05d}"
-    _write_text(folder / f"{name}.jsonl", "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in texts))
-    _atomic_write(folder / f"{name}.safetensors", lambda tmp: save_file(tensors, tmp))
+    write_text(folder / f"{name}.jsonl", "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in texts))
+    write_atomic(folder / f"{name}.safetensors", lambda tmp: save_file(tensors, str(tmp)))
     return {
         "shard": f"{name}.safetensors",
         "texts": f"{name}.jsonl",

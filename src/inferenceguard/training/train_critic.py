@@ -31,6 +31,7 @@ import torch
 
 from inferenceguard.critic import LatentCritic
 from inferenceguard.errors import ConfigError
+from inferenceguard.stats import auc
 from inferenceguard.training.rollouts import RolloutData
 
 VAL_GRID = 5  # budgets on which validation metrics are measured, evenly spaced over budget_range
@@ -129,12 +130,6 @@ def examples(data: RolloutData, states: torch.Tensor, budgets: torch.Tensor, gam
 # ---- metrics -------------------------------------------------------------------------------------------------
 
 
-def _auc(y: np.ndarray, s: np.ndarray) -> float | None:
-    from sklearn.metrics import roc_auc_score
-
-    return round(float(roc_auc_score(y, s)), 4) if len(np.unique(y)) == 2 else None
-
-
 def ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
     """Expected calibration error over equal-width probability bins."""
     edges = np.minimum((p * bins).astype(int), bins - 1)
@@ -161,8 +156,8 @@ def metrics(critic: LatentCritic, ex: Examples, value_mean: float, value_scale: 
     return {
         "loss": round(bce + mse, 4),
         "p_safe_bce": round(bce, 4),
-        "p_safe_auc": _auc(y, p),
-        "p_safe_auc_z_only": _auc(y, ex.z_frac.double().numpy()),  # budget accounting alone, for comparison
+        "p_safe_auc": auc(y, p),
+        "p_safe_auc_z_only": auc(y, ex.z_frac.double().numpy()),  # budget accounting alone, for comparison
         "p_safe_ece": ece(y, p),
         "p_safe_brier": round(float(np.mean((p - y) ** 2)), 4),
         "p_safe_accuracy": round(float(np.mean((p >= 0.5) == (y == 1))), 4),
@@ -289,7 +284,7 @@ def _auc_views(
         "p_safe_auc_at_budget_ref": at_ref.get("p_safe_auc"),
         "p_safe_ece_at_budget_ref": at_ref.get("p_safe_ece"),
         "safe_rate_at_budget_ref": at_ref.get("safe_rate"),
-        "p_safe_auc_all_states": _auc(y, p_safe.double().numpy()),
+        "p_safe_auc_all_states": auc(y, p_safe.double().numpy()),
     }
 
 
