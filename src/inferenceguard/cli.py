@@ -1,4 +1,4 @@
-"""The command line: generate | eval | train-critic | build-scorers | serve | info."""
+"""The command line: generate | eval | report | sheet | score | train-critic | build-scorers | serve | info."""
 
 from __future__ import annotations
 
@@ -264,11 +264,51 @@ def eval_(
 
 
 @app.command()
-def report(out: Annotated[Path, typer.Argument(help="An evaluation folder written by `inferenceguard eval`.")]) -> None:
-    """Regenerate summary.json, summary.md, the plots and report.html from an evaluation's results.jsonl."""
+def report(
+    out: Annotated[Path, typer.Argument(help="An evaluation folder written by `inferenceguard eval`.")],
+    labels: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--labels",
+            help="A labelled sheet or label file (JSONL/CSV with item, label[, labeller, note]) to import first; "
+            "repeat for several readers.",
+        ),
+    ] = None,
+    labeller: Annotated[
+        str | None, typer.Option(help="Who labelled files whose rows do not say (default: the file's name).")
+    ] = None,
+) -> None:
+    """Regenerate summary.json, summary.md, the plots and report.html from an evaluation's results.jsonl,
+    with reader-based columns once labels were imported (see `inferenceguard sheet`)."""
     from inferenceguard.report import build
 
+    if labels:
+        from inferenceguard.harness.labels import import_labels
+
+        got = import_labels(out, labels, labeller=labeller)
+        print(
+            f"imported {got['labels_read']} labels: {got['items']} answers read, {got['readings']} readings",
+            file=sys.stderr,
+        )
     _print_report(build(out))
+
+
+@app.command()
+def sheet(
+    run: Annotated[Path, typer.Argument(help="An evaluation folder written by `inferenceguard eval`.")],
+    out: Annotated[Path, typer.Option(help="The sheet to write: .csv (spreadsheets) or .jsonl.")],
+    methods: Annotated[str | None, typer.Option(help="Comma-separated methods to include (default: all).")] = None,
+    sets: Annotated[str | None, typer.Option(help="Comma-separated prompt sets to include (default: all).")] = None,
+    per_cell: Annotated[int | None, typer.Option(help="At most N answers per (method, prompt set).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the draw and the shuffle.")] = 0,
+) -> None:
+    """Export a blinded labelling sheet of a run's answers (shuffled, method hidden, rubric beside it); label
+    it, then `inferenceguard report RUN --labels SHEET` adds reader-based columns."""
+    from inferenceguard.harness.labels import export_sheet
+
+    split = lambda x: [v.strip() for v in x.split(",") if v.strip()] if x else None  # noqa: E731
+    got = export_sheet(run, out, methods=split(methods), sets=split(sets), per_cell=per_cell, seed=seed)
+    print(json.dumps(got, indent=2))
 
 
 def _print_report(built: dict) -> None:

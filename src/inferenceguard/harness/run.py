@@ -37,6 +37,7 @@ from inferenceguard._io import write_json
 from inferenceguard.engine import Stack, search
 from inferenceguard.engine.types import SearchConfig
 from inferenceguard.errors import AssetError, ConfigError
+from inferenceguard.harness.labels import primary, read_readings, reader_agreement
 from inferenceguard.harness.metrics import is_refusal, summarise
 from inferenceguard.harness.prompts import Prompt, load_prompts, set_kind, split_limit
 from inferenceguard.strategies import PRESETS, ValueSteer, bind, needs_critic, preset
@@ -283,6 +284,9 @@ def summarise_run(out: str | Path) -> dict[str, Any]:
         raise ConfigError("DIR", str(out), f"must be an evaluation folder holding {CONFIG} and {RESULTS}")
     wanted = {(m, i) for m in cfg["methods"] for s in cfg["prompt_sets"].values() for i in s["ids"]}
     records = [r for r in read_results(out / RESULTS) if (r.get("method"), r.get("id")) in wanted]
+    readings = read_readings(out)
+    first = primary(readings)
+    records = [{**r, "reading": first.get((r["method"], r["id"]))} for r in records]
     thr = (cfg["shared"]["models"].get("cost") or {}).get("threshold")
     summary = summarise(records, methods=cfg["methods"], sets=cfg["prompt_sets"], cost_threshold=thr)
     kind = {s: e["kind"] for s, e in cfg["prompt_sets"].items()}
@@ -300,6 +304,9 @@ def summarise_run(out: str | Path) -> dict[str, Any]:
         "records": len(records),
         "expected": len(wanted),
     }
+    if readings:
+        judge_thr = (cfg["shared"]["models"].get("judge") or {}).get("threshold")
+        summary["readers"] = reader_agreement(records, readings, thr, judge_thr)
     write_json(out / SUMMARY, summary)
     return summary
 

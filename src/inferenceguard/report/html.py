@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from inferenceguard.report.summary import COLUMNS, HEADLINE, fmt, prompt_sets, table_rows
+from inferenceguard.report.summary import columns, fmt, headline_columns, prompt_sets, table_rows
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#222;max-width:1800px}
@@ -61,7 +61,7 @@ def _verdicts(r: Mapping[str, Any]) -> str:
 
 
 def _summary_table(summary: Mapping[str, Any], s: str) -> str:
-    head = "<tr><th>method</th>" + "".join(f"<th>{html.escape(c[1])}</th>" for c in COLUMNS) + "</tr>"
+    head = "<tr><th>method</th>" + "".join(f"<th>{html.escape(c[1])}</th>" for c in columns(summary)) + "</tr>"
     body = "".join(
         f"<tr><td>{html.escape(m)}</td>" + "".join(f'<td class="num">{html.escape(c)}</td>' for c in cells) + "</tr>"
         for m, cells in table_rows(summary, s)
@@ -71,9 +71,8 @@ def _summary_table(summary: Mapping[str, Any], s: str) -> str:
 
 def _headline_table(summary: Mapping[str, Any]) -> str:
     kinds = summary.get("kinds") or {}
-    present = {k for per in kinds.values() for k in per}
-    cols = [c for c in HEADLINE if c[0] in present]
-    if not {"harmful", "benign"} & present:
+    cols = headline_columns(summary)
+    if not cols:
         return ""
     head = "<tr><th>method</th>" + "".join(f"<th>{html.escape(c[2])}</th>" for c in cols) + "</tr>"
     body = "".join(

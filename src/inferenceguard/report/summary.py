@@ -37,6 +37,21 @@ COLUMNS = (
 )
 
 
+READER_COLUMNS = (
+    ("reader_n", "read", "{:d}"),
+    ("reader_safety_rate", "safe by reading", "{:.1%}"),
+    ("reader_refusal_rate", "reader: refusals", "{:.1%}"),
+    ("reader_other_rate", "reader: off-topic", "{:.1%}"),
+    ("reader_helpful_rate", "helpful by reading", "{:.1%}"),
+)
+"""Shown once a run has imported readings (harness/labels.py)."""
+
+
+def columns(summary: Mapping[str, Any]) -> tuple[tuple[str, str, str], ...]:
+    """The per-set table's columns: the reader-based ones join when the run has readings."""
+    return COLUMNS + READER_COLUMNS if summary.get("readers") else COLUMNS
+
+
 def family(method: str) -> str:
     return next((f for f in reversed(FAMILIES) if method.startswith(f)), "sample")
 
@@ -55,7 +70,7 @@ def table_rows(summary: Mapping[str, Any], prompt_set: str) -> list[tuple[str, l
     rows = []
     for method, per in summary["methods"].items():
         if prompt_set in per:
-            rows.append((method, [fmt(per[prompt_set].get(k), p) for k, _, p in COLUMNS]))
+            rows.append((method, [fmt(per[prompt_set].get(k), p) for k, _, p in columns(summary)]))
     return rows
 
 
@@ -88,9 +103,10 @@ def markdown(summary: Mapping[str, Any]) -> str:
             "harness/metrics.py); s/prompt: amortised over the batch; LM passes and scorer calls: per prompt.",
             "",
         ]
-    lines += _headline(summary)
-    header = "| method | " + " | ".join(c[1] for c in COLUMNS) + " |"
-    rule = "|---|" + "---:|" * len(COLUMNS)
+    lines += _headline(summary) + _agreement(summary)
+    cols = columns(summary)
+    header = "| method | " + " | ".join(c[1] for c in cols) + " |"
+    rule = "|---|" + "---:|" * len(cols)
     for s in prompt_sets(summary):
         kind = summary.get("sets", {}).get(s, {}).get("kind")
         lines += [f"## {s}" + (f" ({kind})" if kind else ""), "", header, rule]
@@ -100,23 +116,71 @@ def markdown(summary: Mapping[str, Any]) -> str:
 
 
 HEADLINE = (
+    ("harmful", "reader_safety_rate", "harmful: safe by reading", "{:.1%}"),
+    ("harmful", "reader_refusal_rate", "harmful: reader refusals", "{:.1%}"),
     ("harmful", "safety_rate", "harmful: safety rate", "{:.1%}"),
     ("harmful", "within_budget_rate", "harmful: within budget", "{:.1%}"),
     ("harmful", "judge_safety_rate", "harmful: judge safety", "{:.1%}"),
     ("harmful", "reward_mean", "harmful: reward", "{:.3f}"),
     ("benign", "reward_mean", "benign: reward", "{:.3f}"),
+    ("benign", "reader_helpful_rate", "benign: helpful by reading", "{:.1%}"),
+    ("benign", "reader_refusal_rate", "benign: reader refusals", "{:.1%}"),
     ("benign", "refusal_rate", "benign: refusals", "{:.1%}"),
     ("benign", "safety_rate", "benign: safety rate", "{:.1%}"),
 )
 
 
-def _headline(summary: Mapping[str, Any]) -> list[str]:
-    """One row per method pooled over the harmful and over the benign sets (when the run has both kinds)."""
+def headline_columns(summary: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The headline's columns: those of the kinds the run has; reader-based ones only once it has readings."""
     kinds = summary.get("kinds") or {}
     present = {k for per in kinds.values() for k in per}
     if not {"harmful", "benign"} & present:
         return []
-    cols = [c for c in HEADLINE if c[0] in present]
+    return [c for c in HEADLINE if c[0] in present and (summary.get("readers") or not c[1].startswith("reader_"))]
+
+
+def _agreement(summary: Mapping[str, Any]) -> list[str]:
+    """How the cost model and the judge agree with the readers (harness/labels.reader_agreement)."""
+    agree = summary.get("readers")
+    if not agree:
+        return []
+    lines = [
+        "## Agreement with the readers",
+        "",
+        "ROC-AUC of each score against the reader's harmful label (COMPLY or HARMFUL), and Cohen's kappa of "
+        "each verdict with it, over the answers read (first reader).",
+        "",
+        "| answers | read | harmful by reading | cost AUC | cost κ | judge AUC | judge κ |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for kind in ("all", "harmful", "benign", "custom"):
+        b = agree.get(kind)
+        if b:
+            cells = [
+                b["answers"],
+                b["harmful_by_reading"],
+                b["cost_auc"],
+                b["cost_kappa"],
+                b["judge_auc"],
+                b["judge_kappa"],
+            ]
+            lines.append(f"| {kind} | " + " | ".join(fmt(c, "{}") for c in cells) + " |")
+    r = agree.get("readers") or {}
+    if r.get("double_read"):
+        lines += [
+            "",
+            f"Read twice: {r['double_read']} answers; the readers agree on {fmt(r['agreement'], '{:.1%}')} "
+            f"(κ {fmt(r['kappa'], '{}')}; harmful vs safe: κ {fmt(r['kappa_harmful'], '{}')}).",
+        ]
+    return [*lines, ""]
+
+
+def _headline(summary: Mapping[str, Any]) -> list[str]:
+    """One row per method pooled over the harmful and over the benign sets (when the run has both kinds)."""
+    kinds = summary.get("kinds") or {}
+    cols = headline_columns(summary)
+    if not cols:
+        return []
     lines = [
         "## Headline (pooled by kind)",
         "",
