@@ -301,14 +301,21 @@ def sheet(
     sets: Annotated[str | None, typer.Option(help="Comma-separated prompt sets to include (default: all).")] = None,
     per_cell: Annotated[int | None, typer.Option(help="At most N answers per (method, prompt set).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the draw and the shuffle.")] = 0,
+    new_only: Annotated[bool, typer.Option(help="Leave out answers an earlier sheet of the run holds.")] = False,
 ) -> None:
     """Export a blinded labelling sheet of a run's answers (shuffled, method hidden, rubric beside it); label
     it, then `inferenceguard report RUN --labels SHEET` adds reader-based columns."""
     from inferenceguard.harness.labels import export_sheet
 
-    split = lambda x: [v.strip() for v in x.split(",") if v.strip()] if x else None  # noqa: E731
-    got = export_sheet(run, out, methods=split(methods), sets=split(sets), per_cell=per_cell, seed=seed)
+    got = export_sheet(
+        run, out, methods=_names(methods), sets=_names(sets), per_cell=per_cell, seed=seed, new_only=new_only
+    )
     print(json.dumps(got, indent=2))
+
+
+def _names(text: str | None) -> list[str] | None:
+    """'a, b' -> ['a', 'b']; None stays None (no filter)."""
+    return [v.strip() for v in text.split(",") if v.strip()] if text else None
 
 
 def _print_report(built: dict) -> None:

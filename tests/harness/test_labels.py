@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,11 @@ def test_non_utf8_label_file_and_bad_sheet_requests(run, tmp_path):
         L.export_sheet(run, tmp_path / "s.jsonl", methods=["bon"])
     with pytest.raises(ConfigError, match=r"\.jsonl or \.csv"):
         L.export_sheet(run, tmp_path / "s.txt")
+
+
+def test_new_only_sheets_leave_out_what_earlier_sheets_hold(run, tmp_path):
+    run = Path(shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("labels")))
+    L.export_sheet(run, tmp_path / "first.jsonl", sets=["advbench"], seed=4)
+    got = L.export_sheet(run, tmp_path / "second.jsonl", seed=4, new_only=True)
+    rows = [json.loads(x) for x in (tmp_path / "second.jsonl").read_text().splitlines()]
+    assert got["items"] == 6 and {r["kind"] for r in rows} == {"benign"}

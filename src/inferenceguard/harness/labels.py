@@ -66,10 +66,12 @@ def export_sheet(
     sets: Sequence[str] | None = None,
     per_cell: int | None = None,
     seed: int = 0,
+    new_only: bool = False,
 ) -> dict[str, Any]:
     """Write a blinded labelling sheet of ``run``'s answers to ``sheet`` (.jsonl or .csv); returns what was
     written. ``methods``/``sets`` filter; ``per_cell`` takes at most that many answers per (method, set),
-    drawn with ``seed``, which also shuffles the sheet."""
+    drawn with ``seed``, which also shuffles the sheet; ``new_only`` leaves out answers an earlier sheet of
+    the run already holds (label a run that is still growing, sheet by sheet)."""
     run, sheet = Path(run), Path(sheet)
     if sheet.suffix not in (".jsonl", ".csv"):
         raise ConfigError("--out", str(sheet), "must end in .jsonl or .csv")
@@ -162,6 +164,7 @@ def read_label_file(path: str | Path) -> list[dict[str, str]]:
 
 
 def _keys(run: Path) -> dict[str, dict[str, Any]]:
+    """item -> its answer (method, id, set, kind), over every sheet key of the run."""
     items: dict[str, dict[str, Any]] = {}
     for path in sorted((run / FOLDER).glob("*.key.json")):
         try:
