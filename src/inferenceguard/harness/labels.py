@@ -83,8 +83,13 @@ def export_sheet(
         if bad:
             raise ConfigError(arg, bad[0], f"must be one of the run's: {', '.join(have)}")
     kinds = {s: e["kind"] for s, e in cfg["prompt_sets"].items()}
+    sheeted = {(k["method"], k["id"]) for k in _keys(run).values()} if new_only else set()
     keep = [
-        r for r in records if r["method"] in (methods or cfg["methods"]) and r["set"] in (sets or cfg["prompt_sets"])
+        r
+        for r in records
+        if r["method"] in (methods or cfg["methods"])
+        and r["set"] in (sets or cfg["prompt_sets"])
+        and (r["method"], r["id"]) not in sheeted
     ]
     rng = random.Random(seed)
     if per_cell is not None:
