@@ -171,6 +171,92 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON ob
     Console().print(table)
 
 
+@app.command()
+def score(
+    pairs: Annotated[Path, typer.Argument(help="JSONL or CSV of (prompt, response) pairs; an optional 'label'.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per input row, in order.")] = False,
+    cost_model: CostOpt = None,
+    judge: Annotated[str | None, typer.Option("--judge", help="Independent judge spec (default: embedded).")] = None,
+    reward_model: RewardOpt = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+) -> None:
+    """Score (prompt, response) pairs with the cost model, the judge and the reward model. Rows with a 'label'
+    (1/0, or a reading label: COMPLY and HARMFUL are harmful) also get each scorer's AUC and kappa against it."""
+    _env()
+    from inferenceguard.guard import Guard
+    from inferenceguard.harness.prompts import read_pair_file
+
+    rows = read_pair_file(pairs)
+    guard = Guard(model, reward_model, cost_model, judge=judge, device=device, dtype=dtype, load_judge=True)
+    _check_pair_lengths(guard, rows, pairs)
+    scores = guard.score([r.prompt for r in rows], [r.response for r in rows], progress=not as_json)
+    if as_json:
+        for r, sc in zip(rows, scores):
+            print(json.dumps({"line": r.line, **sc.to_dict(), **({"label": r.label} if r.label else {})}))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("line", "prompt", "response", "cost", "judge", "reward")
+        for r, sc in zip(rows, scores):
+            d = sc.to_dict()
+            table.add_row(
+                str(r.line),
+                r.prompt[:40],
+                r.response[:60],
+                f"{sc.cost:.3f} {d['cost_verdict'] or ''}",
+                "-" if sc.judge is None else f"{sc.judge:.3f} {d['judge_verdict'] or ''}",
+                f"{sc.reward:.2f} {d['reward_verdict'] or ''}",
+            )
+        Console().print(table)
+    labelled = [(r, sc) for r, sc in zip(rows, scores) if r.label is not None]
+    if labelled:
+        print(json.dumps(_label_agreement(labelled, pairs)), file=sys.stderr)
+
+
+def _check_pair_lengths(guard, rows, path: Path) -> None:
+    """A pair longer than the cost model reads (or the LM's context) is refused by line, never truncated."""
+    lm, cost = guard.stack.lm, guard.stack.cost
+    limit = min(int(getattr(cost, "max_length", lm.max_context)), lm.max_context)
+    for r in rows:
+        n_prompt = len(lm.tokenizer(lm.format_prompt(r.prompt), add_special_tokens=False)["input_ids"])
+        n_resp = len(lm.tokenizer(r.response, add_special_tokens=False)["input_ids"])
+        if n_prompt + n_resp > limit:
+            field = "response" if n_resp > n_prompt else "prompt"
+            raise ConfigError(
+                "PAIRS",
+                f"{path}:{r.line}",
+                f"must fit the cost model's {limit} tokens; its '{field}' makes the pair {n_prompt + n_resp} tokens",
+            )
+
+
+def _label_agreement(labelled, path: Path) -> dict:
+    """AUC and kappa of the cost model and the judge against the rows' labels."""
+    from inferenceguard.harness.labels import LABELS, is_harmful
+    from inferenceguard.stats import auc, kappa
+
+    y = []
+    for r, _ in labelled:
+        lab = r.label.strip().upper()
+        if lab in ("0", "1"):
+            y.append(int(lab))
+        elif lab in LABELS["custom"]:
+            y.append(int(is_harmful(lab)))
+        else:
+            raise ConfigError(
+                "PAIRS", f"{path}:{r.line}", f"must have a 'label' of 0/1 or a rubric label, got {r.label!r}"
+            )
+    out: dict = {"labelled_rows": len(y), "harmful": sum(y)}
+    for name, get in (("cost", lambda s: (s.cost, s.unsafe)), ("judge", lambda s: (s.judge, s.judge_unsafe))):
+        vals = [get(s) for _, s in labelled]
+        if all(v[0] is not None for v in vals):
+            out[f"{name}_auc"] = auc(y, [v[0] for v in vals])
+            out[f"{name}_kappa"] = kappa(y, [int(bool(v[1])) for v in vals])
+    return out
+
+
 @app.command("build-scorers")
 def build_scorers(
     out: Annotated[Path | None, typer.Option(help="Output folder (default: the package's assets/scorers).")] = None,

@@ -8,6 +8,7 @@ print(r.response, r.safe, r.cost, r.reward)
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from inferenceguard.engine import Result, Stack, search
@@ -17,8 +18,44 @@ from inferenceguard.scorers.base import Scorer
 from inferenceguard.strategies import bind, preset
 
 
+def load_stack(
+    model: str | None = None,
+    reward_model: str | Scorer | None = None,
+    cost_model: str | Scorer | None = None,
+    critic: str | Critic | None = None,
+    judge: str | Scorer | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    load_judge: bool = False,
+) -> Stack:
+    """The one way to load a stack: the base LM, then its scorers (sharing the LM and one encoder where they
+    are the same model), the critic that fits the LM, and the judge when asked for (``judge`` or
+    ``load_judge``). Every argument takes what the CLI flag of the same name takes; None = the embedded one."""
+    from inferenceguard.models import load_lm
+    from inferenceguard.models.loading import Encoder
+    from inferenceguard.scorers.defaults import load_scorer
+
+    lm = load_lm(model, device=device, dtype=dtype)
+    reward = load_scorer(reward_model, "reward", lm=lm, device=device)
+    encoder = getattr(reward, "encoder", None)  # the embedded reward model and judge share one MiniLM
+    encoder = encoder if isinstance(encoder, Encoder) else None
+    return Stack(
+        lm=lm,
+        reward=reward,
+        cost=load_scorer(cost_model, "cost", lm=lm, device=device, encoder=encoder),
+        critic=_load_critic(critic, lm),
+        judge=load_scorer(judge, "judge", lm=lm, device=device, encoder=encoder)
+        if (judge is not None or load_judge)
+        else None,
+    )
+
+
 class Guard:
-    """A base LM with its reward model, cost model, optional critic and judge, ready to search."""
+    """A base LM with its reward model, cost model, optional critic and judge, ready to search.
+
+    ``Guard(...)`` loads a stack with :func:`load_stack` (same arguments); ``Guard(stack=s)`` or
+    ``Guard.from_stack(s)`` wraps one already loaded.
+    """
 
     def __init__(
         self,
@@ -30,30 +67,18 @@ class Guard:
         device: str | None = None,
         dtype: str | None = None,
         load_judge: bool = False,
+        *,
+        stack: Stack | None = None,
     ):
-        from inferenceguard.models import load_lm
-        from inferenceguard.models.loading import Encoder
-        from inferenceguard.scorers.defaults import load_scorer
-
-        lm = load_lm(model, device=device, dtype=dtype)
-        reward = load_scorer(reward_model, "reward", lm=lm, device=device)
-        encoder = getattr(reward, "encoder", None)  # the embedded reward and judge share one MiniLM
-        encoder = encoder if isinstance(encoder, Encoder) else None
-        self.stack = Stack(
-            lm=lm,
-            reward=reward,
-            cost=load_scorer(cost_model, "cost", lm=lm, device=device, encoder=encoder),
-            critic=_load_critic(critic, lm),
-            judge=load_scorer(judge, "judge", lm=lm, device=device, encoder=encoder)
-            if (judge is not None or load_judge)
-            else None,
+        self.stack = (
+            stack
+            if stack is not None
+            else load_stack(model, reward_model, cost_model, critic, judge, device, dtype, load_judge)
         )
 
     @classmethod
     def from_stack(cls, stack: Stack) -> Guard:
-        guard = cls.__new__(cls)
-        guard.stack = stack
-        return guard
+        return cls(stack=stack)
 
     def generate(
         self,
@@ -93,6 +118,76 @@ class Guard:
         if bar is not None:
             bar.close()
         return results
+
+    def score(
+        self, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 32, progress: bool = False
+    ) -> list[Scores]:
+        """Score (prompt, response) pairs with the cost model, the judge (when the stack has one) and the reward
+        model, in input order: what ``inferenceguard score`` and the server's /v1/moderations report."""
+        from inferenceguard.scorers.base import check_batch
+
+        check_batch(prompts, responses)
+        st = self.stack
+        bar = None
+        if progress and len(prompts) > batch_size:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(prompts), desc="score", unit="pair")
+        out: list[Scores] = []
+        for i in range(0, len(prompts), batch_size):
+            p, r = list(prompts[i : i + batch_size]), list(responses[i : i + batch_size])
+            cost = st.cost.score(p, r).tolist()
+            judge = st.judge.score(p, r).tolist() if st.judge is not None else [None] * len(p)
+            reward = st.reward.score(p, r).tolist()
+            out += [Scores.of(st, c, j, w) for c, j, w in zip(cost, judge, reward)]
+            if bar is not None:
+                bar.update(len(p))
+        if bar is not None:
+            bar.close()
+        return out
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One pair's raw scores and the verdicts each scorer's declared threshold gives (None: no threshold).
+    cost / judge: higher is more harmful, unsafe iff above the threshold; reward: helpful iff at or above."""
+
+    cost: float
+    cost_threshold: float | None
+    judge: float | None
+    judge_threshold: float | None
+    reward: float
+    reward_threshold: float | None
+
+    @classmethod
+    def of(cls, stack: Stack, cost: float, judge: float | None, reward: float) -> Scores:
+        judge_thr = getattr(stack.judge, "threshold", None) if stack.judge is not None else None
+        return cls(cost, stack.cost.threshold, judge, judge_thr, reward, getattr(stack.reward, "threshold", None))
+
+    @property
+    def unsafe(self) -> bool | None:
+        return None if self.cost_threshold is None else self.cost > self.cost_threshold
+
+    @property
+    def judge_unsafe(self) -> bool | None:
+        return None if self.judge is None or self.judge_threshold is None else self.judge > self.judge_threshold
+
+    @property
+    def helpful(self) -> bool | None:
+        return None if self.reward_threshold is None else self.reward >= self.reward_threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        def verdict(flag: bool | None, yes: str, no: str) -> str | None:
+            return None if flag is None else (yes if flag else no)
+
+        return {
+            "cost": self.cost,
+            "cost_verdict": verdict(self.unsafe, "unsafe", "safe"),
+            "judge": self.judge,
+            "judge_verdict": verdict(self.judge_unsafe, "unsafe", "safe"),
+            "reward": self.reward,
+            "reward_verdict": verdict(self.helpful, "helpful", "unhelpful"),
+        }
 
 
 def _load_critic(critic: str | Critic | None, lm: Any) -> Critic | None:

@@ -205,6 +205,11 @@ def test_models_and_health(url, client):
         ({"messages": [{"role": "user", "content": "x" * 40_000}]}, 400, "messages"),
         ({"messages": MSG, "n": 9}, 400, "n"),
         ({"messages": MSG, "temperature": 7}, 400, "temperature"),
+        ({"messages": MSG, "top_p": 7}, 400, "top_p"),
+        ({"messages": MSG, "top_p": -0.1}, 400, "top_p"),
+        ({"messages": MSG, "top_k": -2}, 400, "top_k"),
+        ({"messages": MSG, "min_p": 1.0}, 400, "min_p"),
+        ({"messages": MSG, "repetition_penalty": 0}, 400, "repetition_penalty"),
         ({"messages": MSG, "candidates": 10_000}, 400, "candidates"),
         ({"messages": MSG, "candidates": 4, "beams": 8}, 400, "beams"),
         ({"messages": MSG, "method": "no-such-method"}, 400, "method"),
@@ -221,6 +226,63 @@ def test_bad_requests_get_openai_errors(url, body, status, param):
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"} and err["param"] == param and err["message"]
     assert "Traceback" not in r.text
+
+
+def test_sampling_fields_are_honoured(client):
+    """top_p, top_k, min_p and repetition_penalty reach the engine: top_k = 1 makes the answer greedy, so two
+    seeds agree, where plain sampling with those seeds does not."""
+    greedy = [
+        client.chat.completions.create(
+            model="inferenceguard", messages=MSG, seed=s, max_tokens=8, extra_body={"top_k": 1, "method": "sample"}
+        )
+        for s in (1, 2)
+    ]
+    assert greedy[0].choices[0].message.content == greedy[1].choices[0].message.content
+    ok = client.chat.completions.create(
+        model="inferenceguard",
+        messages=MSG,
+        max_tokens=8,
+        top_p=0.9,
+        extra_body={"min_p": 0.05, "repetition_penalty": 1.2},
+    )
+    assert ok.choices[0].message.content is not None
+
+
+def test_moderations_openai_shape_and_own_fields(client, url):
+    texts = ["zzzz xxxx qqqq", "a calm and harmless answer"]
+    r = client.moderations.create(model="inferenceguard", input=texts)
+    assert r.model == "inferenceguard" and len(r.results) == 2 and r.id.startswith("modr-")
+    raw = _post(url, "/v1/moderations", {"input": texts, "prompt": "say something"}).json()
+    for res in raw["results"]:
+        own = res["inferenceguard"]
+        assert res["flagged"] == (own["cost"] > own["cost_threshold"]) == res["categories"]["harmful"]
+        assert res["category_scores"]["harmful"] == own["cost"]
+        assert own["judge"] is not None and own["judge_flagged"] == (own["judge"] > own["judge_threshold"])
+        assert res["category_applied_input_types"] == {"harmful": ["text"]}
+    assert raw["results"][0]["flagged"] and not raw["results"][1]["flagged"]  # rare letters are the stub's harm
+    one = _post(url, "/v1/moderations", {"input": [{"type": "text", "text": texts[0]}]}).json()
+    assert one["results"][0]["category_scores"] == raw["results"][0]["category_scores"]
+
+
+@pytest.mark.parametrize(
+    "body, status, param",
+    [
+        ({}, 400, "input"),
+        ({"input": []}, 400, "input"),
+        ({"input": 5}, 400, "input"),
+        ({"input": [{"type": "image_url", "image_url": "x"}]}, 400, "input"),
+        ({"input": ["a"] * 65}, 400, "input"),
+        ({"input": "x" * 40_000}, 400, "input"),
+        ({"input": ["a", "b"], "prompt": ["p"]}, 400, "prompt"),
+        ({"input": "a", "model": "omni-moderation-latest"}, 404, "model"),
+        (b'{"input": ', 400, None),
+    ],
+)
+def test_bad_moderation_requests_get_openai_errors(url, body, status, param):
+    r = _post(url, "/v1/moderations", body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and (param is None or err["param"].startswith(param))
 
 
 def test_bad_completion_prompts(url):

@@ -3,7 +3,8 @@
 python -m tests.server.tiny_server --port 8123 [any ``inferenceguard serve`` flag]
 
 The stack: a tiny random Llama with a byte tokenizer (tests/utils/tiny.py), the vowel-share reward and the
-rare-letter cost with threshold 0.5 (tests/stubs.py): no files, no network, answers in a fraction of a second.
+rare-letter cost with threshold 0.5 and another rare-letter judge (tests/stubs.py): no files, no network,
+answers in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ def tiny_guard():
     from tests.stubs import CharCost, VowelReward
     from tests.utils.tiny import tiny_lm
 
-    return Guard.from_stack(Stack(lm=tiny_lm(), reward=VowelReward(), cost=CharCost(threshold=0.5)))
+    judge = CharCost(bad="qwk", threshold=0.05)  # a second opinion for /v1/moderations
+    return Guard.from_stack(Stack(lm=tiny_lm(), reward=VowelReward(), cost=CharCost(threshold=0.5), judge=judge))
 
 
 def main(argv: list[str]) -> None:

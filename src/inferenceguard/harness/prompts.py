@@ -15,6 +15,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from inferenceguard.errors import AssetError, ConfigError, need_package
 
@@ -51,6 +52,67 @@ def read_prompt_file(path: str | Path, arg: str = "prompts") -> list[str]:
     if not prompts:
         raise ConfigError(arg, str(path), "must contain at least one non-empty prompt")
     return prompts
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One (prompt, response) row of a pairs file, with its line and whatever label it carries."""
+
+    line: int
+    prompt: str
+    response: str
+    label: str | None = None
+
+
+def read_pair_file(path: str | Path, arg: str = "PAIRS") -> list[Pair]:
+    """(prompt, response) rows from a JSONL file (``prompt`` and ``response`` string fields) or a CSV file (those
+    columns); an optional ``label`` (0/1, or a rubric label) is kept. Every bad row is an error naming its line
+    and field: nothing is skipped silently."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(arg, str(path), "must be a readable JSONL or CSV file of prompt/response pairs")
+    data = p.read_bytes()
+    lines = data.split(b"\n")
+    for n, raw in enumerate(lines, 1):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(arg, f"{path}:{n}", f"must be UTF-8 text (byte {e.start} of the line is not)") from e
+    text = data.decode("utf-8")
+    rows: list[tuple[int, Any]] = []
+    if p.suffix.lower() == ".csv":
+        reader = csv.DictReader(text.splitlines(keepends=True))
+        for row in reader:
+            rows.append((reader.line_num, row))
+        if reader.fieldnames is not None:
+            missing = [c for c in ("prompt", "response") if c not in reader.fieldnames]
+            if missing:
+                raise ConfigError(
+                    arg,
+                    f"{path}:1",
+                    f"must have a '{missing[0]}' column (the header has: {', '.join(reader.fieldnames)})",
+                )
+    else:
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append((n, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise ConfigError(arg, f"{path}:{n}", f"must hold one JSON object per line ({e.msg})") from e
+    out = []
+    for n, row in rows:
+        if not isinstance(row, dict):
+            raise ConfigError(arg, f"{path}:{n}", "must be a JSON object with 'prompt' and 'response' fields")
+        for field in ("prompt", "response"):
+            if not isinstance(row.get(field), str):
+                raise ConfigError(arg, f"{path}:{n}", f"must have a string '{field}' field")
+        if not row["prompt"].strip():
+            raise ConfigError(arg, f"{path}:{n}", "must have a non-empty 'prompt' field")
+        label = row.get("label")
+        out.append(Pair(n, row["prompt"], row["response"], None if label in (None, "") else str(label)))
+    if not out:
+        raise ConfigError(arg, str(path), "must hold at least one prompt/response pair (the file is empty)")
+    return out
 
 
 # ---- named prompt sets, Hugging Face datasets, selection ---------------------------------------------------

@@ -44,10 +44,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inferenceguard.engine.types import Result
 from inferenceguard.errors import ConfigError, InferenceGuardError
-from inferenceguard.guard import Guard
+from inferenceguard.guard import Guard, load_stack
 from inferenceguard.models import LM
 from inferenceguard.server.protocol import (
     FINISH_REASONS,
+    HARM_CATEGORY,
     APIError,
     AssistantMessage,
     ChatChoice,
@@ -65,6 +66,10 @@ from inferenceguard.server.protocol import (
     GuardSummary,
     ModelCard,
     ModelList,
+    ModerationRequest,
+    ModerationResponse,
+    ModerationResult,
+    ModerationScores,
     SearchParams,
     Usage,
     Verdict,
@@ -74,7 +79,7 @@ from inferenceguard.strategies import bind, preset
 
 logger = logging.getLogger("inferenceguard.server")
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/moderations", "/v1/models", "/health", "/metrics")
 ENGINE_PARAMS = {"keep": "beams", "max_new_tokens": "max_tokens"}  # engine argument -> request field
 
 
@@ -93,6 +98,10 @@ def create_app(settings: ServerSettings | None = None, guard: Guard | None = Non
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Response:
         return await server.answer(request, body)
+
+    @app.post("/v1/moderations", response_model=ModerationResponse)
+    async def moderations(body: ModerationRequest) -> ModerationResponse:
+        return await server.moderate(body)
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:
@@ -120,7 +129,11 @@ def create_app(settings: ServerSettings | None = None, guard: Guard | None = Non
 def load_guard(settings: ServerSettings) -> Guard:
     """The stack the settings name (``model``, ``reward_model``, ``cost_model``, ``critic``, device)."""
     s = settings
-    return Guard(s.model, s.reward_model, s.cost_model, critic=s.critic, device=s.device, dtype=s.dtype)
+    judge = s.judge if s.moderation_judge else None
+    stack = load_stack(
+        s.model, s.reward_model, s.cost_model, s.critic, judge, s.device, s.dtype, load_judge=s.moderation_judge
+    )
+    return Guard(stack=stack)
 
 
 # -- one request's answers in flight ----------------------------------------------------------------------
@@ -270,13 +283,7 @@ class _Server:
         """Check, queue, then answer as JSON or stream as server-sent events."""
         t0 = time.perf_counter()
         chat = isinstance(body, ChatCompletionRequest)
-        if body.model is not None and body.model != self.settings.served_model_name:
-            raise APIError(
-                404,
-                f"The model '{body.model}' does not exist; this server serves '{self.settings.served_model_name}'",
-                param="model",
-                code="model_not_found",
-            )
+        self._check_model(body.model)
         params = body.to_params(self.settings)
         guard = await self._ready()
         self._check_method(guard, params)
@@ -302,6 +309,48 @@ class _Server:
             )
         results = await self._collect(job, request)
         return JSONResponse(self._response(chat, rid, params, results, time.perf_counter() - t0))
+
+    async def moderate(self, body: ModerationRequest) -> ModerationResponse:
+        """Score the texts as answers (to ``prompt``) with the cost model, the judge and the reward model, in
+        the worker thread (so scoring never runs beside a search on the same models)."""
+        self._check_model(body.model)
+        prompts, texts = body.pairs(self.settings.limit_moderation_inputs, self.settings.limit_prompt_chars)
+        guard = await self._ready()
+        assert self.loop is not None
+        scores = await self.loop.run_in_executor(self.executor, guard.score, prompts, texts)
+        stack = guard.stack
+        results = []
+        for sc in scores:
+            flagged = bool(sc.unsafe)
+            results.append(
+                ModerationResult(
+                    flagged=flagged,
+                    categories={HARM_CATEGORY: flagged},
+                    category_scores={HARM_CATEGORY: sc.cost},
+                    category_applied_input_types={HARM_CATEGORY: ["text"]},
+                    inferenceguard=ModerationScores(
+                        cost=sc.cost,
+                        cost_threshold=sc.cost_threshold,
+                        judge=sc.judge,
+                        judge_threshold=sc.judge_threshold,
+                        judge_flagged=sc.judge_unsafe,
+                        reward=sc.reward,
+                        cost_model=str(getattr(stack.cost, "name", type(stack.cost).__name__)),
+                        judge_model=None if stack.judge is None else str(getattr(stack.judge, "name", "judge")),
+                    ),
+                )
+            )
+        self.metrics.moderated.inc(len(results))
+        return ModerationResponse(id=f"modr-{uuid.uuid4().hex}", model=self.settings.served_model_name, results=results)
+
+    def _check_model(self, model: str | None) -> None:
+        if model is not None and model != self.settings.served_model_name:
+            raise APIError(
+                404,
+                f"The model '{model}' does not exist; this server serves '{self.settings.served_model_name}'",
+                param="model",
+                code="model_not_found",
+            )
 
     def _check_method(self, guard: Guard, params: SearchParams) -> None:
         """The engine's own validation (ConfigError -> 400), the critic, and the budget limit."""
@@ -829,6 +878,7 @@ class _Metrics:
             registry=r,
             buckets=(1, 2, 4, 8, 16, 32, 64, float("inf")),
         )
+        self.moderated = Counter("inferenceguard_moderated_texts", "Texts scored by /v1/moderations.", registry=r)
         self.queue = Gauge("inferenceguard_queue_depth", "Requests waiting for the search worker.", registry=r)
         self.queue.set_function(server.queue_depth)
         for outcome in ("safe", "unsafe", "refused"):

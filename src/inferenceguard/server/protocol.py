@@ -223,6 +223,49 @@ def _limit(name: str, value: int | None, limit: int) -> None:
         )
 
 
+class ModerationRequest(OpenAIBaseModel):
+    """OpenAI's moderation request: ``input`` is one text, a list of texts, or a list of text parts. The texts
+    are scored as answers; ``prompt`` (an extra field) names the request they answer (one for all, or one per
+    input), since the project's harm is "the answer attempts to fulfil a harmful request"."""
+
+    input: str | list[str] | list[TextPart] = Field(description="The text(s) to classify (answers).")
+    model: str | None = model_field
+    # --- inferenceguard extras ---
+    prompt: str | list[str] | None = Field(
+        default=None, description="The request each input answers: one string for all, or one per input."
+    )
+
+    def pairs(self, limit_inputs: int, limit_chars: int) -> tuple[list[str], list[str]]:
+        """(prompts, responses), validated against the server's limits (APIError 400 naming the field)."""
+        texts = (
+            [self.input] if isinstance(self.input, str) else [x if isinstance(x, str) else x.text for x in self.input]
+        )
+        if not texts:
+            raise APIError(400, "'input' must hold at least one text", param="input", code="invalid_value")
+        if len(texts) > limit_inputs:
+            raise APIError(
+                400, f"'input' must hold <= {limit_inputs} texts on this server, got {len(texts)}", param="input"
+            )
+        prompts = [self.prompt or ""] * len(texts) if not isinstance(self.prompt, list) else self.prompt
+        if len(prompts) != len(texts):
+            raise APIError(
+                400,
+                f"'prompt' must be one string or one per input ({len(texts)}), got {len(prompts)}",
+                param="prompt",
+                code="invalid_value",
+            )
+        for name, values in (("input", texts), ("prompt", prompts)):
+            for i, t in enumerate(values):
+                if len(t) > limit_chars:
+                    raise APIError(
+                        400,
+                        f"'{name}[{i}]' must be at most {limit_chars} characters on this server, got {len(t)}",
+                        param=name,
+                        code="invalid_value",
+                    )
+        return prompts, texts
+
+
 # -- responses --------------------------------------------------------------------------------------------
 class Verdict(BaseModel):
     """The guard's verdict on one answer (``Result`` fields)."""
@@ -349,3 +392,36 @@ class ErrorInfo(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorInfo
+
+
+HARM_CATEGORY = "harmful"
+"""The one category the project's cost model scores (docs/labelling.md): the text attempts to fulfil a harmful
+request, or is harmful content. OpenAI's finer categories (hate, violence, ...) are not modelled, so they are
+not reported."""
+
+
+class ModerationScores(BaseModel):
+    """The project's own fields of one moderation result: every scorer's raw score and verdict."""
+
+    cost: float
+    cost_threshold: float | None
+    judge: float | None
+    judge_threshold: float | None
+    judge_flagged: bool | None
+    reward: float
+    cost_model: str
+    judge_model: str | None
+
+
+class ModerationResult(BaseModel):
+    flagged: bool
+    categories: dict[str, bool]
+    category_scores: dict[str, float]
+    category_applied_input_types: dict[str, list[str]]
+    inferenceguard: ModerationScores
+
+
+class ModerationResponse(BaseModel):
+    id: str
+    model: str
+    results: list[ModerationResult]

@@ -42,6 +42,8 @@ class ServerSettings(BaseSettings):
     reward_model: str | None = Field(None, description="Reward model spec (default: embedded).")
     cost_model: str | None = Field(None, description="Cost model spec (default: embedded).")
     critic: str | None = Field(None, description="Critic file, for method inferenceguard-critic.")
+    judge: str | None = Field(None, description="Independent judge spec for /v1/moderations (default: embedded).")
+    moderation_judge: bool = Field(True, description="Load the judge, so /v1/moderations reports its verdict too.")
     device: str | None = Field(None, description="auto | cpu | cuda | cuda:N")
     dtype: str | None = Field(None, description="auto | float32 | bfloat16 | float16")
 
@@ -74,6 +76,7 @@ class ServerSettings(BaseSettings):
     limit_max_tokens: int = Field(512, ge=1, description="Largest max_tokens a request may ask for.")
     limit_n: int = Field(4, ge=1, description="Largest n (answers per prompt).")
     limit_prompts: int = Field(8, ge=1, description="Most prompts in one /v1/completions request.")
+    limit_moderation_inputs: int = Field(64, ge=1, description="Most texts in one /v1/moderations request.")
     limit_prompt_chars: int = Field(32_000, ge=1, description="Longest prompt or conversation, in characters.")
     limit_prompt_tokens: int = Field(2048, ge=1, description="Longest formatted prompt, in tokens.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body (413 beyond).")

@@ -361,9 +361,7 @@ def build_critic(
     """``inferenceguard train-critic``: roll out the stack on ``prompts`` into ``rollout_dir`` (resumable),
     train the critic and save it to ``out``; returns a summary (collection, training, validation metrics)."""
     from inferenceguard.critic import save_critic
-    from inferenceguard.engine import Stack
-    from inferenceguard.models import load_lm
-    from inferenceguard.scorers.defaults import load_scorer
+    from inferenceguard.guard import load_stack
     from inferenceguard.training.rollouts import (
         DEFAULT_PROMPTS,
         RolloutConfig,
@@ -374,12 +372,8 @@ def build_critic(
 
     rcfg = rollout_cfg or RolloutConfig()
     items = training_prompts(prompts or DEFAULT_PROMPTS, seed=rcfg.seed)
-    lm = load_lm(model, device=device, dtype=dtype)
-    stack = Stack(
-        lm=lm,
-        reward=load_scorer(reward_model, "reward", lm=lm, device=device),
-        cost=load_scorer(cost_model, "cost", lm=lm, device=device),
-    )
+    stack = load_stack(model, reward_model, cost_model, device=device, dtype=dtype)  # rollouts sample: no critic
+    lm = stack.lm
     collected = collect_rollouts(stack, items, rollout_dir, rcfg, resume=resume, progress=progress)
     data = load_rollouts(rollout_dir)
     trained = train_critic(data, train_cfg, progress=progress)
