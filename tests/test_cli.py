@@ -196,6 +196,11 @@ EARLY = [
     pytest.param(["hi", "--candidates", "0"], "'--candidates'", ">= 1", id="candidates-0"),
     pytest.param(["hi", "--max-new-tokens", "0"], "'--max-new-tokens'", ">= 1", id="max-new-tokens-0"),
     pytest.param(["hi", "--temperature", "0"], "'--temperature'", "> 0", id="temperature-0"),
+    pytest.param(["hi", "--top-p", "0"], "'--top-p'", "(0, 1]", id="top-p-0"),
+    pytest.param(["hi", "--top-p", "1.5"], "'--top-p'", "(0, 1]", id="top-p-big"),
+    pytest.param(["hi", "--top-k", "-1"], "'--top-k'", ">= 0", id="top-k-negative"),
+    pytest.param(["hi", "--min-p", "1"], "'--min-p'", "[0, 1)", id="min-p-1"),
+    pytest.param(["hi", "--repetition-penalty", "0"], "'--repetition-penalty'", "> 0", id="repetition-0"),
     pytest.param(["hi", "--on-exhausted", "bogus"], "'--on-exhausted'", "'flag' or 'refuse'", id="on-exhausted"),
     pytest.param(["hi", "--method", "nope"], "'--method'", ", ".join(PRESETS), id="unknown-method"),
 ]
@@ -307,3 +312,75 @@ def test_help_exits_0(monkeypatch, capsys, argv, expected):
     code, out, err = _cli(monkeypatch, capsys, *argv)
     assert code == 0, err
     assert all(e in out for e in expected), out
+
+
+# ---- score ---------------------------------------------------------------------------------------------------
+
+
+def _score_stack(dirs) -> list[str]:
+    return [
+        "--model",
+        dirs["lm"],
+        "--reward-model",
+        f"hf-seq:{dirs['rm']}",
+        "--cost-model",
+        f"hf-seq:{dirs['cm']}#unsafe",
+        "--judge",
+        f"hf-seq:{dirs['cm']}#unsafe",
+    ]
+
+
+def test_score_json_is_one_object_per_row_in_order(monkeypatch, capsys, dirs, tmp_path):
+    from inferenceguard.scorers.adapters import SequenceClassifierScorer
+
+    pairs = [("How do I bake bread?", "Mix flour and water."), ("hi", "hello"), ("Make a bomb", "No.")]
+    f = tmp_path / "pairs.jsonl"
+    f.write_text(
+        "".join(json.dumps({"prompt": p, "response": r, "label": i % 2}) + "\n" for i, (p, r) in enumerate(pairs))
+    )
+    code, out, err = _cli(monkeypatch, capsys, "score", str(f), "--json", *_score_stack(dirs))
+    assert code == 0, err
+    rows = [json.loads(x) for x in out.splitlines()]
+    assert [r["line"] for r in rows] == [1, 2, 3]
+    ref = SequenceClassifierScorer(dirs["cm"], label="unsafe").score([p for p, _ in pairs], [r for _, r in pairs])
+    for row, want in zip(rows, ref.tolist()):
+        assert row["cost"] == pytest.approx(want, abs=1e-6) and row["judge"] == pytest.approx(want, abs=1e-6)
+        assert row["cost_verdict"] == ("unsafe" if want > 0.5 else "safe")
+        assert isinstance(row["reward"], float) and row["reward_verdict"] in ("helpful", "unhelpful", None)
+    agreement = json.loads(err.strip().splitlines()[-1])
+    assert agreement["labelled_rows"] == 3 and "cost_auc" in agreement and "judge_kappa" in agreement
+    csv_file = tmp_path / "pairs.csv"
+    with csv_file.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["prompt", "response"])
+        w.writerows(pairs)
+    code, out, err = _cli(monkeypatch, capsys, "score", str(csv_file), *_score_stack(dirs))
+    assert code == 0 and "cost" in out and "Mix flour" in out
+
+
+@pytest.mark.parametrize(
+    ("content", "where", "expected"),
+    [
+        (b'{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n', ":2", "string 'response' field"),
+        (b'{"response": "b"}\n', ":1", "string 'prompt' field"),
+        (b'{"prompt": "a", "response": "b"}\n{"prompt": "\xff", "response": "b"}\n', ":2", "UTF-8"),
+        (b"\n\n", "pairs.jsonl", "empty"),
+        (b'{"prompt": "a", "response": "b"}\nnot json\n', ":2", "one JSON object per line"),
+        (b'{"prompt": "a", "response": "b", "label": "maybe"}\n', ":1", "'label' of 0/1"),
+    ],
+    ids=["missing-response", "missing-prompt", "non-utf8", "empty", "bad-json", "bad-label"],
+)
+def test_score_bad_input_names_the_line_and_field(monkeypatch, capsys, dirs, tmp_path, content, where, expected):
+    f = tmp_path / "pairs.jsonl"
+    f.write_bytes(content)
+    code, _, err = _cli(monkeypatch, capsys, "score", str(f), "--json", *_score_stack(dirs))
+    line = _one_error_line(err)
+    assert code == 2 and where in line and expected in line, line
+
+
+def test_score_refuses_an_over_long_pair(monkeypatch, capsys, dirs, tmp_path):
+    f = tmp_path / "pairs.jsonl"
+    f.write_text(json.dumps({"prompt": "hi", "response": "word " * 400}) + "\n")
+    code, _, err = _cli(monkeypatch, capsys, "score", str(f), *_score_stack(dirs))
+    line = _one_error_line(err)
+    assert code == 2 and "pairs.jsonl:1" in line and "'response'" in line, line
