@@ -1,0 +1,107 @@
+"""Assemble the shipped on-policy labels from the labelling folder (docs/labelling.md, "Procedure").
+
+    .venv/bin/python labelling/collect.py [--out src/inferenceguard/assets/labels/onpolicy-v1.jsonl]
+
+Reads, all under labelling/ (tracked, so nothing depends on a run folder surviving):
+  sheets/<sheet>.jsonl        the blinded sheets readers saw (item, kind, prompt, response)
+  sheets/<sheet>.key.json     which item is which answer (method, record id, prompt set), from `sheet`
+  sheets/<run>.config.json    the run's config.json: the model and every setting that wrote the answers
+  readings/<sheet>.<reader>.jsonl   the readers' labels (item, label, labeller, note)
+A sheet's run is the part of its name before the first '.' or '-part' (e.g. r1-t07p09-a-part00 -> r1-t07p09).
+The first pass over an item (readings/*.<reader>.jsonl of pass 1) is the primary label; second-pass files
+are named readings/<sheet>.pass2.<reader>.jsonl and only add readings (their agreement is Cohen's kappa).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+from inferenceguard._io import write_jsonl
+from inferenceguard.datasets import READING_LABELS, labelling_pools, normalise, onpolicy_path, split_of
+
+HERE = Path(__file__).resolve().parent
+LABELLED_BY = (
+    "blind reading (method hidden, order shuffled) by an AI reading session given labelling/BRIEF.md and "
+    "assets/labels/RUBRIC.md v1; one session per sheet part"
+)
+
+
+def run_of(sheet: str) -> str:
+    return re.split(r"-[a-z]-part|-part|\.", sheet)[0]
+
+
+def writer(cfg: dict, method: str) -> dict:
+    m = cfg["methods"][method]
+    keys = ("method", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_new_tokens",
+            "candidates", "block", "keep", "budget", "on_exhausted")
+    out = {k: m[k] for k in keys if k in m}
+    out["model"] = cfg["shared"]["models"]["lm"]["identity"]
+    out["dtype"] = cfg["shared"]["models"]["lm"]["dtype"]
+    out["seed"] = cfg["shared"]["seed"]
+    if m.get("select", {}).get("type") not in (None, "Unranked"):
+        out["cost_model"] = cfg["shared"]["models"]["cost"]["name"] + " (shipped before these labels)"
+        out["reward_model"] = cfg["shared"]["models"]["reward"]["name"]
+    return out
+
+
+def collect(round_no: int = 1) -> list[dict]:
+    pools = {normalise(p.text): p for p in labelling_pools()}
+    rows: dict[str, dict] = {}
+    for key_path in sorted((HERE / "sheets").glob("*.key.json")):
+        sheet = key_path.name[: -len(".key.json")]
+        run = run_of(sheet)
+        cfg = json.loads((HERE / "sheets" / f"{run}.config.json").read_text())
+        key = json.loads(key_path.read_text())["items"]
+        items = {
+            d["item"]: d for d in map(json.loads, (HERE / "sheets" / f"{sheet}.jsonl").read_text().splitlines())
+        }
+        for path in sorted((HERE / "readings").glob(f"{sheet}.*.jsonl")):
+            second = ".pass2." in path.name
+            for line in path.read_text().splitlines():
+                if not line.strip():
+                    continue
+                r = json.loads(line)
+                item, label = r["item"], r["label"].strip().upper()
+                k, d = key[item], items[item]
+                if label not in READING_LABELS[k["kind"]]:
+                    raise SystemExit(f"{path.name}: {item} has label {label}, not one of {READING_LABELS[k['kind']]}")
+                rid = f"{run}:{k['method']}:{k['id']}"
+                row = rows.setdefault(
+                    rid,
+                    {
+                        "id": rid,
+                        "prompt": d["prompt"],
+                        "response": d["response"],
+                        "kind": k["kind"],
+                        "source": pools[normalise(d["prompt"])].set,
+                        "split": split_of(d["prompt"]),
+                        "label": None,
+                        "readings": [],
+                        "writer": writer(cfg, k["method"]),
+                        "round": round_no,
+                        "labelled_by": LABELLED_BY,
+                    },
+                )
+                row["readings"].append([r.get("labeller") or path.stem.split(".")[-1], label])
+                if not second and row["label"] is None:
+                    row["label"] = label
+    out = [r for r in rows.values() if r["label"] is not None]
+    return sorted(out, key=lambda r: r["id"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=str(onpolicy_path()))
+    args = ap.parse_args()
+    rows = collect()
+    write_jsonl(Path(args.out), rows)
+    print(f"{len(rows)} rows -> {args.out}")
+    print(Counter((r["kind"], r["split"], r["label"]) for r in rows))
+
+
+if __name__ == "__main__":
+    main()
