@@ -7,7 +7,7 @@ Reads, all under labelling/ (tracked, so nothing depends on a run folder survivi
   sheets/<sheet>.key.json     which item is which answer (method, record id, prompt set), from `sheet`
   sheets/<run>.config.json    the run's config.json: the model and every setting that wrote the answers
   readings/<sheet>.<reader>.jsonl   the readers' labels (item, label, labeller, note)
-A sheet's run is the part of its name before the first '.' or '-part' (e.g. r1-t07p09-a-part00 -> r1-t07p09).
+A sheet is named RUN-NAME (labelling/export.sh); readers get its parts, RUN-NAME-partNN.jsonl.
 The first pass over an item (readings/*.<reader>.jsonl of pass 1) is the primary label; second-pass files
 are named readings/<sheet>.pass2.<reader>.jsonl and only add readings (their agreement is Cohen's kappa).
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from collections import Counter
 from pathlib import Path
 
@@ -31,7 +30,8 @@ LABELLED_BY = (
 
 
 def run_of(sheet: str) -> str:
-    return re.split(r"-[a-z]-part|-part|\.", sheet)[0]
+    """The run a sheet was exported from: sheets are named RUN-NAME (labelling/export.sh)."""
+    return sheet.rsplit("-", 1)[0]
 
 
 def writer(cfg: dict, method: str) -> dict:
@@ -93,6 +93,22 @@ def collect(round_no: int = 1) -> list[dict]:
     return sorted(out, key=lambda r: r["id"])
 
 
+def agreement(rows: list[dict]) -> dict:
+    """Cohen's kappa between the first and the second reading, on the rubric labels and on unsafe-or-not."""
+    from inferenceguard.datasets import UNSAFE_READINGS
+    from inferenceguard.stats import kappa
+
+    two = [r for r in rows if len(r["readings"]) > 1]
+    a = [r["readings"][0][1] for r in two]
+    b = [r["readings"][1][1] for r in two]
+    out = {"items": len(two), "same_label": sum(x == y for x, y in zip(a, b)), "kappa_labels": kappa(a, b)}
+    ua, ub = [x in UNSAFE_READINGS for x in a], [y in UNSAFE_READINGS for y in b]
+    out["same_unsafe"] = sum(x == y for x, y in zip(ua, ub))
+    out["kappa_unsafe"] = kappa(ua, ub)
+    out["confusion"] = dict(Counter(f"{x}/{y}" for x, y in zip(a, b)).most_common())
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(onpolicy_path()))
@@ -101,6 +117,7 @@ def main() -> None:
     write_jsonl(Path(args.out), rows)
     print(f"{len(rows)} rows -> {args.out}")
     print(Counter((r["kind"], r["split"], r["label"]) for r in rows))
+    print(json.dumps(agreement(rows), indent=1))
 
 
 if __name__ == "__main__":
