@@ -13,7 +13,18 @@ rm -f "$D/$RUN-$NAME.rubric.md"
 .venv/bin/python - "$D/$RUN-$NAME.jsonl" "$PART" <<'PY'
 import json, sys
 from pathlib import Path
+from inferenceguard.datasets import labelling_pools, normalise
 src, part = Path(sys.argv[1]), int(sys.argv[2])
+# A prompt file's set has kind 'custom': give each item its pool's kind, so readers use the right labels.
+kinds = {normalise(p.text): p.kind for p in labelling_pools()}
+key_path = src.with_name(src.stem + ".key.json")
+key = json.loads(key_path.read_text())
+items = [json.loads(x) for x in src.read_text().splitlines()]
+for it in items:
+    if it["kind"] == "custom":
+        it["kind"] = key["items"][it["item"]]["kind"] = kinds[normalise(it["prompt"])]
+src.write_text("".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items))
+key_path.write_text(json.dumps(key, indent=1))
 rows = src.read_text().splitlines()
 for i in range(0, len(rows), part):
     out = src.with_name(f"{src.stem}-part{i // part:02d}.jsonl")
