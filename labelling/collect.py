@@ -23,10 +23,7 @@ from inferenceguard._io import write_jsonl
 from inferenceguard.datasets import READING_LABELS, labelling_pools, normalise, onpolicy_path, split_of
 
 HERE = Path(__file__).resolve().parent
-LABELLED_BY = (
-    "blind reading (method hidden, order shuffled) by an AI reading session given labelling/BRIEF.md and "
-    "assets/labels/RUBRIC.md v1; one session per sheet part"
-)
+LABELLED_BY = "blind reading (method hidden, shuffled) by an AI reading session; RUBRIC.md v1, labelling/BRIEF.md"
 
 
 def run_of(sheet: str) -> str:
@@ -106,6 +103,10 @@ def agreement(rows: list[dict]) -> dict:
     out["same_unsafe"] = sum(x == y for x, y in zip(ua, ub))
     out["kappa_unsafe"] = kappa(ua, ub)
     out["confusion"] = dict(Counter(f"{x}/{y}" for x, y in zip(a, b)).most_common())
+    for kind in ("harmful", "benign"):
+        ka = [r["readings"][0][1] for r in two if r["kind"] == kind]
+        kb = [r["readings"][1][1] for r in two if r["kind"] == kind]
+        out[kind] = {"items": len(ka), "same_label": sum(x == y for x, y in zip(ka, kb)), "kappa": kappa(ka, kb)}
     return out
 
 
