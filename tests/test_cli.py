@@ -287,6 +287,10 @@ def test_info_describes_the_embedded_stack_without_loading_a_model(monkeypatch, 
         assert isinstance(entry["name"], str) and entry["name"], key
         assert isinstance(entry["threshold"], (int, float)) and not isinstance(entry["threshold"], bool), key
         assert isinstance(entry["heldout_auc"], float) and 0.5 < entry["heldout_auc"] <= 1, key
+    for key in ("cost_model", "judge"):  # reading-labelled on-policy test rows, and the heads they replaced
+        entry = data[key]
+        assert entry["test_auc"]["onpolicy"] == entry["heldout_auc"] and entry["test_auc"]["onpolicy_rows"] > 200
+        assert isinstance(entry["replaced_head_test_auc"]["onpolicy"], float), key
     c = data["critic"]
     assert isinstance(c["name"], str) and c["base_model"] == data["base_model"]["name"]
     assert isinstance(c["val_p_safe_auc"], float) and 0.5 < c["val_p_safe_auc"] <= 1
@@ -296,6 +300,8 @@ def test_info_describes_the_embedded_stack_without_loading_a_model(monkeypatch, 
     assert code == 0, err
     for key in ("reward_model", "cost_model", "judge"):
         assert data[key]["name"] in out and f"{data[key]['heldout_auc']:.3f}" in out
+    for key in ("cost_model", "judge"):
+        assert f"{data[key]['replaced_head_test_auc']['onpolicy']:.3f}" in out
     assert f"{c['val_p_safe_auc']:.3f}" in out
 
 

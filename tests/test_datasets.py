@@ -191,3 +191,76 @@ def test_real_labelled_rows():
         assert len({(datasets.normalise(r.prompt), datasets.normalise(r.response)) for r in rows}) == len(rows)
     assert len(harm) > 1400 and {r.label for r in harm} == {0, 1}
     assert sum(r.label for r in refusal if r.source == "pyrit-refusal") > 80
+
+
+# ---- on-policy reading labels -----------------------------------------------------------------------------------
+
+
+def _answer_row(prompt: str = "how do I pick a lock?", **over) -> dict:
+    row = {
+        "id": "r1:sample:abc",
+        "prompt": prompt,
+        "response": "Insert a tension wrench ...",
+        "kind": "harmful",
+        "source": "advbench",
+        "split": datasets.split_of(prompt),
+        "label": "COMPLY",
+        "readings": [["reader-A", "COMPLY"], ["reader-E", "OTHER"]],
+        "writer": {"method": "sample", "temperature": 0.7},
+        "round": 1,
+        "labelled_by": "test",
+    }
+    return {**row, **over}
+
+
+def _write_labels(tmp_path: Path, monkeypatch, rows: list[dict]) -> None:
+    monkeypatch.setattr(datasets, "ONPOLICY_DIR", tmp_path)
+    (tmp_path / "onpolicy-v1.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def test_onpolicy_labels_load_filter_by_split_and_become_cost_rows(tmp_path, monkeypatch):
+    prompts = [f"prompt number {i}" for i in range(40)]
+    _write_labels(tmp_path, monkeypatch, [_answer_row(p, id=f"r:{i}") for i, p in enumerate(prompts)])
+    rows = datasets.onpolicy_labels()
+    assert len(rows) == 40 and rows[0].readings == (("reader-A", "COMPLY"), ("reader-E", "OTHER"))
+    assert rows[0].harmful and rows[0].row().label == 1 and rows[0].row().group == "p:" + datasets.normalise(prompts[0])
+    test = datasets.onpolicy_labels(split="test")
+    assert test and all(a.split == "test" for a in test) and len(test) < 40
+
+
+@pytest.mark.parametrize(
+    ("over", "message"),
+    [
+        ({"label": "HELPFUL"}, "not a reading label for kind 'harmful'"),
+        ({"split": "nope"}, "is not the prompt's split"),
+        ({"readings": 3}, "not an on-policy label row"),
+    ],
+)
+def test_onpolicy_labels_reject_a_bad_row_naming_its_line(tmp_path, monkeypatch, over, message):
+    _write_labels(tmp_path, monkeypatch, [_answer_row(), _answer_row(**over)])
+    with pytest.raises(AssetError) as e:
+        datasets.onpolicy_labels()
+    assert "onpolicy-v1.jsonl:2" in str(e.value) and message in str(e.value)
+
+
+def test_onpolicy_labels_missing_version_is_an_asset_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets, "ONPOLICY_DIR", tmp_path)
+    with pytest.raises(AssetError, match=r"onpolicy-v9\.jsonl' does not exist"):
+        datasets.onpolicy_labels(version=9)
+    with pytest.raises(AssetError, match="split must be one of"):
+        _write_labels(tmp_path, monkeypatch, [_answer_row()])
+        datasets.onpolicy_labels(split="validation")
+
+
+@pytest.mark.assets
+def test_shipped_onpolicy_labels_are_split_by_prompt_and_hold_no_evaluation_prompt():
+    rows = datasets.onpolicy_labels()
+    assert len(rows) >= 2000
+    assert {a.split for a in rows} == {"train", "dev", "test"} and {a.kind for a in rows} == {"harmful", "benign"}
+    reserved = datasets.reserved_eval_prompts()
+    assert not {datasets.normalise(a.prompt) for a in rows} & reserved
+    assert not datasets.near_eval([a.prompt for a in rows])
+    assert len({a.id for a in rows}) == len(rows)
+    assert all(a.writer.get("model") and a.writer.get("method") for a in rows)
+    double = [a for a in rows if len(a.readings) > 1]
+    assert len(double) >= 200

@@ -43,7 +43,10 @@ MinPOpt = Annotated[
 RepetitionOpt = Annotated[
     float | None, typer.Option("--repetition-penalty", help="Penalise tokens already in the answer (1 = off).")
 ]
-OnExhaustedOpt = Annotated[str | None, typer.Option(help="When no safe candidate remains: flag | refuse.")]
+OnExhaustedOpt = Annotated[
+    str | None,
+    typer.Option(help="When no safe candidate remains: flag | refuse (default: the method's; InferenceGuard refuses)."),
+]
 BatchOpt = Annotated[int, typer.Option(help="Prompts searched together.")]
 CriticOpt = Annotated[
     str | None, typer.Option(help="Critic folder (default: the shipped critic when it fits the model).")
@@ -146,6 +149,10 @@ def generate(
         )
 
 
+def _fmt_auc(x: object) -> str:
+    return f"{x:.3f}" if isinstance(x, float) else "-"
+
+
 @app.command()
 def info(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False) -> None:
     """Describe the embedded default stack (models, thresholds, held-out AUCs)."""
@@ -158,15 +165,26 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON ob
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("component", "name", "threshold", "held-out AUC")
+    table = Table("component", "name", "threshold", "held-out AUC", "answers to harmful prompts", "before")
     for key in ("base_model", "reward_model", "cost_model", "judge", "critic"):
         entry = data.get(key) or {}
         auc = entry.get("heldout_auc", entry.get("val_p_safe_auc"))
+        harmful = (entry.get("test_auc") or {}).get("onpolicy_harmful_prompts")
+        before = entry.get("replaced_head_test_auc") or {}
         table.add_row(
             key,
             str(entry.get("name", "-")),
             str(entry.get("threshold", "-")),
-            f"{auc:.3f}" if isinstance(auc, float) else "-",
+            _fmt_auc(auc),
+            _fmt_auc(harmful),
+            f"{_fmt_auc(before.get('onpolicy'))} / {_fmt_auc(before.get('onpolicy_harmful_prompts'))}"
+            if before
+            else "",
+        )
+    if any((data.get(k) or {}).get("test_auc") for k in ("cost_model", "judge")):
+        table.caption = (
+            "cost model and judge: AUC against reading labels on the test split's own answers of the base model "
+            "(all, and to harmful prompts only); before = the heads shipped before those labels, same rows"
         )
     Console().print(table)
 
@@ -261,13 +279,17 @@ def _label_agreement(labelled, path: Path) -> dict:
 def build_scorers(
     out: Annotated[Path | None, typer.Option(help="Output folder (default: the package's assets/scorers).")] = None,
     seed: Annotated[int, typer.Option(help="Split and training seed.")] = 0,
+    judge_encoder: Annotated[
+        str | None, typer.Option(help="Sentence encoder the judge reads: minilm, mpnet, a hub id or a folder.")
+    ] = None,
 ) -> None:
-    """Rebuild the embedded reward model, cost model and judge heads from the packaged labelled data."""
+    """Rebuild the embedded reward model, cost model and judge heads from the packaged labelled data (the
+    packaged human labels and the on-policy reading labels, assets/labels/onpolicy-v*.jsonl)."""
     _env()
-    from inferenceguard.training.heads import build_default_heads
+    from inferenceguard.training.heads import JUDGE_ENCODER, build_default_heads
 
     target = out or Path(__file__).parent / "assets" / "scorers"
-    manifest = build_default_heads(target, seed=seed)
+    manifest = build_default_heads(target, seed=seed, judge_encoder_spec=judge_encoder or JUDGE_ENCODER)
     print(json.dumps(manifest, indent=2))
 
 

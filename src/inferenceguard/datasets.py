@@ -434,3 +434,95 @@ def labelling_pools() -> list[PoolPrompt]:
                 seen.add(key)
                 out.append(PoolPrompt(p.strip(), name, kind, split_of(p)))
     return out
+
+
+# ---- on-policy reading labels (shipped with the package) -------------------------------------------------------
+
+ONPOLICY_VERSION = 1
+ONPOLICY_DIR = Path(__file__).resolve().parent / "assets" / "labels"
+READING_LABELS = {
+    "harmful": ("COMPLY", "REFUSE", "OTHER"),
+    "benign": ("HELPFUL", "UNHELPFUL", "REFUSE", "HARMFUL"),
+}
+UNSAFE_READINGS = frozenset({"COMPLY", "HARMFUL"})
+
+
+@dataclass(frozen=True)
+class LabelledAnswer:
+    """One answer of the embedded base model, labelled by reading (docs/labelling.md).
+
+    ``label`` is the primary reading (rubric vocabulary for ``kind``); ``readings`` every reading as
+    (labeller, label); ``writer`` the model and settings that wrote the answer (method, sampling, the cost
+    model guiding it); ``split`` the prompt's split (:func:`split_of`); ``source`` the prompt's pool."""
+
+    id: str
+    prompt: str
+    response: str
+    kind: str
+    source: str
+    split: str
+    label: str
+    readings: tuple[tuple[str, str], ...]
+    writer: dict
+    round: int
+    labelled_by: str
+
+    @property
+    def harmful(self) -> bool:
+        """Whether the primary reading calls the answer harmful (COMPLY, or HARMFUL content)."""
+        return self.label in UNSAFE_READINGS
+
+    def row(self) -> Row:
+        """As a cost-model row: label 1 = harmful to a reader; grouped by prompt."""
+        return Row(
+            self.prompt,
+            self.response,
+            int(self.harmful),
+            f"onpolicy-{self.writer.get('method', '?')}",
+            _group(self.prompt),
+        )
+
+
+def onpolicy_path(version: int = ONPOLICY_VERSION) -> Path:
+    return ONPOLICY_DIR / f"onpolicy-v{version}.jsonl"
+
+
+def onpolicy_labels(version: int = ONPOLICY_VERSION, split: str | None = None) -> list[LabelledAnswer]:
+    """The shipped on-policy reading labels (``assets/labels/onpolicy-v<version>.jsonl``), optionally one
+    split ('train', 'dev', 'test'). A row that breaks the format is an AssetError naming its line."""
+    path = onpolicy_path(version)
+    if not path.is_file():
+        raise AssetError(
+            f"the on-policy label file '{path}' does not exist (versions: "
+            f"{', '.join(sorted(p.stem for p in ONPOLICY_DIR.glob('onpolicy-v*.jsonl'))) or 'none'})"
+        )
+    if split not in (None, "train", *SPLITS):
+        raise AssetError(f"split must be one of train, {', '.join(SPLITS)}; got '{split}'")
+    out = []
+    for n, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+            a = LabelledAnswer(
+                id=str(d["id"]),
+                prompt=d["prompt"],
+                response=d["response"],
+                kind=d["kind"],
+                source=d["source"],
+                split=d["split"],
+                label=d["label"],
+                readings=tuple((str(x), str(y)) for x, y in d["readings"]),
+                writer=dict(d["writer"]),
+                round=int(d["round"]),
+                labelled_by=str(d["labelled_by"]),
+            )
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise AssetError(f"{path.name}:{n} is not an on-policy label row ({type(e).__name__}: {e})") from e
+        if a.label not in READING_LABELS.get(a.kind, ()):
+            raise AssetError(f"{path.name}:{n}: label '{a.label}' is not a reading label for kind '{a.kind}'")
+        if a.split != split_of(a.prompt):
+            raise AssetError(f"{path.name}:{n}: split '{a.split}' is not the prompt's split '{split_of(a.prompt)}'")
+        if split is None or a.split == split:
+            out.append(a)
+    return out

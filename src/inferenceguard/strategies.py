@@ -215,7 +215,11 @@ def _args(name: str, sel: Args) -> SearchConfig:
 
 
 def _ig(name: str, sel: Any) -> SearchConfig:
-    return SearchConfig(name, sel, block=BLOCK, candidates=CANDIDATES, keep=KEEP, resample_rounds=ROUNDS)
+    """InferenceGuard fails closed: when M rounds of penalised resampling leave no safe candidate, it refuses
+    (``on_exhausted="flag"`` keeps the least-unsafe candidate instead)."""
+    return SearchConfig(
+        name, sel, block=BLOCK, candidates=CANDIDATES, keep=KEEP, resample_rounds=ROUNDS, on_exhausted="refuse"
+    )
 
 
 def _recontrol(name: str, steer: ValueSteer) -> SearchConfig:

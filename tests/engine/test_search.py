@@ -115,12 +115,21 @@ def test_safety_filter_only_keeps_in_budget_beams(stack):
 def test_all_unsafe_resamples_then_flags(stack):
     """A cost model that charges every character: nothing is ever admissible."""
     st = Stack(lm=stack.lm, reward=VowelReward(), cost=CharCost(bad=None, threshold=0.5))
-    base = dict(max_new_tokens=8, block=4, candidates=4, keep=1)
+    base = dict(max_new_tokens=8, block=4, candidates=4, keep=1, on_exhausted="flag")
     none = search(st, [PROMPTS[0]], preset("inferenceguard", resample_rounds=0, **base), seed=0)[0]
     two = search(st, [PROMPTS[0]], preset("inferenceguard", resample_rounds=2, **base), seed=0)[0]
     assert none.exhausted and not none.safe and not none.refused
     assert two.tokens_sampled > none.tokens_sampled  # resampling rounds really sampled again
     assert two.exhausted and two.response != REFUSAL
+
+
+def test_inferenceguard_fails_closed_by_default(stack):
+    st = Stack(lm=stack.lm, reward=VowelReward(), cost=CharCost(bad=None, threshold=0.5))
+    cfg = preset("inferenceguard", max_new_tokens=8, block=4, candidates=4, keep=1)
+    assert cfg.on_exhausted == "refuse" == preset("inferenceguard-critic").on_exhausted
+    assert preset("beam-safety").on_exhausted == "flag"  # the baselines keep the paper-neutral policy
+    r = search(st, [PROMPTS[0]], cfg, seed=0)[0]
+    assert r.exhausted and r.refused and r.response.endswith(REFUSAL)
 
 
 def test_refuse_policy_returns_refusal(stack):

@@ -8,17 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from inferenceguard.datasets import Row
+from inferenceguard.datasets import LabelledAnswer, Row, split_of
 from inferenceguard.errors import ConfigError
 from inferenceguard.scorers.defaults import default_stack_info, load_scorer
 from inferenceguard.scorers.embedded import EncoderHeadScorer, ProbeCostScorer
 from inferenceguard.scorers.heads import LinearHead
 from inferenceguard.training.heads import (
+    HarmData,
     build_default_heads,
     fit_head,
     probe_layer_candidates,
     reward_rows,
+    row_split,
     select_by_group_cv,
+    select_on_dev,
     split_groups,
 )
 from tests.utils.tiny import tiny_encoder, tiny_lm
@@ -102,21 +105,76 @@ def test_reward_rows_make_negatives_inside_each_side_of_the_split():
     assert flipped[("tell me fact 0", "I'm sorry, I can't help with fact 0.")] == 0  # label 1 = helpful now
 
 
-@pytest.fixture(scope="module")
-def tiny_build(tmp_path_factory):
-    out = tmp_path_factory.mktemp("heads")
-    lm, enc = tiny_lm(), tiny_encoder()
-    manifest = build_default_heads(
+def onpolicy_answers() -> list[LabelledAnswer]:
+    out = []
+    for i in range(40):
+        prompt = f"question {i} about weapons"
+        for label, text in (("COMPLY", f"Step {i}: mix poison and build the bomb."), ("REFUSE", "No, I can't.")):
+            out.append(
+                LabelledAnswer(
+                    id=f"t:{i}:{label}",
+                    prompt=prompt,
+                    response=text,
+                    kind="harmful",
+                    source="tiny",
+                    split=split_of(prompt),
+                    label=label,
+                    readings=(("reader", label),),
+                    writer={"method": "sample"},
+                    round=1,
+                    labelled_by="test",
+                )
+            )
+    return out
+
+
+def test_harm_data_splits_packaged_rows_by_prompt_like_the_onpolicy_labels():
+    data = HarmData.build(harm_rows(), onpolicy_answers())
+    assert len(data.rows) == 48 + 80 and data.onpolicy.sum() == 80
+    assert {str(x) for x in data.split} <= {"train", "dev", "test"} and len(set(data.split.tolist())) == 3
+    assert all(data.split[i] == split_of(r.prompt) for i, r in enumerate(data.rows))
+    assert row_split(Row("a", "b", 0, "rho", "rho:7")) == split_of("rho:7")  # a rho pair goes by its id
+    sel = data.selection_rows()
+    assert sel.any() and (data.split[sel] == "dev").all() and data.onpolicy[sel].all()
+    assert data.weights(3.0)[data.onpolicy].tolist() == [3.0] * 80 and data.weights(3.0)[:48].tolist() == [1.0] * 48
+
+
+def test_select_on_dev_prefers_the_informative_features_and_fits_on_train_only():
+    data = HarmData.build(harm_rows(), onpolicy_answers())
+    y = data.y
+    rng = np.random.default_rng(0)
+    good = np.stack([y + 0.1 * rng.standard_normal(len(y)), rng.standard_normal(len(y))], 1)
+    noise = rng.standard_normal((len(y), 2))
+    key, w, C, table = select_on_dev({"good": good, "noise": noise}, data)
+    assert key == "good" and w in (1.0, 3.0, 10.0)
+    assert set(table) == {f"{k} w{w:g}" for k in ("good", "noise") for w in (1, 3, 10)}
+    assert table[f"good w{w:g}"][str(C)] >= 0.99 and max(table["noise w1"].values()) < 0.9
+
+
+def tiny_heads(out, lm, enc, compare_dir=None) -> dict:
+    """A whole build on the tiny models and rows (no packaged data, no shipped heads to compare with)."""
+    return build_default_heads(
         out,
         seed=0,
         progress=False,
         lm=lm,
         encoder=enc,
+        judge_encoder=enc,
         lm_spec=None,
         encoder_spec=None,
+        judge_encoder_spec=None,
         harm_rows=harm_rows(),
         refusal_rows=refusal_rows(),
+        onpolicy=onpolicy_answers(),
+        compare_dir=compare_dir,
     )
+
+
+@pytest.fixture(scope="module")
+def tiny_build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("heads")
+    lm, enc = tiny_lm(), tiny_encoder()
+    manifest = tiny_heads(out, lm, enc)
     return out, manifest, lm, enc
 
 
@@ -138,7 +196,13 @@ def test_tiny_build_writes_heads_and_manifest(tiny_build):
         assert 0.0 <= manifest[key]["heldout_auc"] <= 1.0
     assert manifest["cost_model"]["heldout_auc"] >= 0.9  # the tiny task is separable
     cost = LinearHead.load(out / "cost_probe")
-    assert cost.features["base_identity"] == lm.identity and cost.threshold == 0.5
+    assert cost.features["base_identity"] == lm.identity and 0 < cost.threshold < 1
+    assert (
+        manifest["cost_model"]["selection"]["chosen"]["threshold"]
+        == cost.threshold
+        == manifest["cost_model"]["threshold"]
+    )
+    assert manifest["cost_model"]["at_threshold"]["dev"]["harmful_flagged"] >= 0.9  # the rule the threshold follows
     assert LinearHead.load(out / "reward_minilm").link == "identity"
     info = default_stack_info(out)
     assert set(info) == {"reward_model", "cost_model", "judge"}
@@ -149,30 +213,29 @@ def test_tiny_build_heads_load_as_scorers_and_reproduce_the_heldout_auc(tiny_bui
     out, manifest, lm, enc = tiny_build
     cost = load_scorer(str(out), "cost", lm=lm)
     assert isinstance(cost, ProbeCostScorer) and cost.lm is lm
-    rows = harm_rows()
-    held = split_groups([r.group for r in rows] + [r.group for r in refusal_rows()], seed=0)
-    test = [r for r in rows if r.group in held]
+    test = [a for a in onpolicy_answers() if a.split == "test"]
     from sklearn.metrics import roc_auc_score
 
-    s = cost.score([r.prompt for r in test], [r.response for r in test])
-    assert round(roc_auc_score([r.label for r in test], s.numpy()), 4) == manifest["cost_model"]["heldout_auc"]
+    y = [int(a.harmful) for a in test]
+    s = cost.score([a.prompt for a in test], [a.response for a in test])
+    assert round(roc_auc_score(y, s.numpy()), 4) == manifest["cost_model"]["heldout_auc"]
+    assert manifest["cost_model"]["heldout_rows"] == len(test)
     judge = load_scorer(str(out / "judge_minilm.json"), "judge", encoder=enc)
     assert isinstance(judge, EncoderHeadScorer) and judge.encoder is enc
+    s = judge.score([a.prompt for a in test], [a.response for a in test])
+    assert round(roc_auc_score(y, s.numpy()), 4) == manifest["judge"]["heldout_auc"]
+
+
+def test_build_records_the_replaced_heads_auc_on_the_same_rows(tiny_build, tmp_path):
+    out, manifest, lm, enc = tiny_build
+    again = tiny_heads(tmp_path, lm, enc, compare_dir=out)
+    for key in ("cost_model", "judge"):
+        assert again[key]["replaced_head_test_auc"] == manifest[key]["test_auc"]  # same data, same head
 
 
 def test_build_is_deterministic(tiny_build, tmp_path):
     out, manifest, lm, enc = tiny_build
-    again = build_default_heads(
-        tmp_path,
-        seed=0,
-        progress=False,
-        lm=lm,
-        encoder=enc,
-        lm_spec=None,
-        encoder_spec=None,
-        harm_rows=harm_rows(),
-        refusal_rows=refusal_rows(),
-    )
+    again = tiny_heads(tmp_path, lm, enc)
     for key in ("cost_model", "judge", "reward_model"):
         assert again[key]["heldout_auc"] == manifest[key]["heldout_auc"]
         assert again[key]["selection"] == manifest[key]["selection"]

@@ -25,16 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from inferenceguard._io import write_json, write_jsonl, write_text
+from inferenceguard.datasets import READING_LABELS, UNSAFE_READINGS
 from inferenceguard.errors import ConfigError
 from inferenceguard.stats import auc, kappa
 
 RUBRIC = Path(__file__).resolve().parent.parent / "assets" / "labels" / "RUBRIC.md"
-LABELS: dict[str, tuple[str, ...]] = {
-    "harmful": ("COMPLY", "REFUSE", "OTHER"),
-    "benign": ("HELPFUL", "UNHELPFUL", "REFUSE", "HARMFUL"),
-}
+LABELS: dict[str, tuple[str, ...]] = dict(READING_LABELS)
 LABELS["custom"] = tuple(dict.fromkeys(LABELS["harmful"] + LABELS["benign"]))
-HARMFUL = frozenset({"COMPLY", "HARMFUL"})  # the labels that make an answer unsafe to a reader
+HARMFUL = UNSAFE_READINGS  # the labels that make an answer unsafe to a reader
 SHEET_FIELDS = ("item", "kind", "prompt", "response", "label", "note")
 FOLDER, READINGS = "labels", "readings.jsonl"
 

