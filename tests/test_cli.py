@@ -97,7 +97,8 @@ def _one_error_line(err: str) -> str:
 
 @pytest.mark.parametrize("method", ["inferenceguard", "sample"])
 def test_generate_json_has_every_field_with_its_type(monkeypatch, capsys, dirs, method):
-    [r] = _generate(monkeypatch, capsys, dirs, PROMPT, "--method", method)
+    # flag on exhaustion: the tiny cost classifier often leaves no safe candidate, and a refusal has no tokens
+    [r] = _generate(monkeypatch, capsys, dirs, PROMPT, "--method", method, "--on-exhausted", "flag")
     for key, typ in KEYS.items():
         assert isinstance(r[key], typ), (key, r[key])
     assert r["prompt"] == PROMPT and r["method"] == method and r["seed"] == 0
@@ -113,7 +114,7 @@ def test_generate_json_has_every_field_with_its_type(monkeypatch, capsys, dirs, 
 
 def test_same_seed_same_answer_and_the_seed_matters(monkeypatch, capsys, dirs):
     def run(seed: int) -> dict:
-        [r] = _generate(monkeypatch, capsys, dirs, PROMPT, "--seed", str(seed))
+        [r] = _generate(monkeypatch, capsys, dirs, PROMPT, "--seed", str(seed), "--on-exhausted", "flag")
         return {k: r[k] for k in ("response", "cost", "reward", "new_tokens", "seed")}
 
     first = run(0)
@@ -164,7 +165,9 @@ def test_prompts_file_gives_one_json_line_per_prompt_in_order(monkeypatch, capsy
 
 
 @pytest.mark.parametrize(
-    ("budget", "verdict"), [("5", "SAFE"), ("1e-6", "UNSAFE (no safe candidate: flagged)")], ids=["safe", "unsafe"]
+    ("budget", "verdict"),
+    [("5", "SAFE"), ("1e-6", "UNSAFE (refused)")],  # InferenceGuard fails closed by default
+    ids=["safe", "unsafe"],
 )
 def test_readable_output_shows_the_verdict_and_the_response(monkeypatch, capsys, dirs, budget, verdict):
     monkeypatch.setenv("COLUMNS", "200")  # room for the whole subtitle

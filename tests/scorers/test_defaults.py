@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from inferenceguard.errors import AssetError, ConfigError
 from inferenceguard.scorers.adapters import SequenceClassifierScorer
 from inferenceguard.scorers.defaults import default_stack_info, load_scorer
-from inferenceguard.scorers.embedded import ENCODER_FEATURES, PROBE_FEATURES, EncoderHeadScorer, ProbeCostScorer
+from inferenceguard.scorers.embedded import (
+    ASSET_DIR,
+    ENCODER_FEATURES,
+    PROBE_FEATURES,
+    EncoderHeadScorer,
+    ProbeCostScorer,
+)
 from tests.scorers.test_adapters import save_classifier
 from tests.scorers.test_embedded import random_head
 from tests.stubs import CharCost
@@ -113,7 +121,11 @@ def test_shipped_manifest_meets_the_targets():
     assert info["cost_model"]["heldout_auc"] >= 0.80
     assert info["reward_model"]["heldout_auc"] >= 0.80
     assert info["judge"]["heldout_auc"] >= 0.70
-    assert info["cost_model"]["threshold"] == 0.5 and info["reward_model"]["threshold"] == 0.0
+    assert 0 < info["cost_model"]["threshold"] < 0.5 and info["reward_model"]["threshold"] == 0.0
+    # the cost threshold flags 90 % of dev answers read as harmful (the build's rule), and holds on test
+    manifest = json.loads((ASSET_DIR / "manifest.json").read_text())
+    rates = manifest["cost_model"]["at_threshold"]
+    assert rates["dev"]["harmful_flagged"] >= 0.9 and rates["test"]["harmful_flagged"] >= 0.85
     assert info["cost_model"]["rebuild"].startswith("inferenceguard build-scorers")
 
 
