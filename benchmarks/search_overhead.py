@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inferenceguard.engine import SearchConfig, Stack, search
+from inferenceguard.engine import SearchConfig, Stack, sampling, search
 from inferenceguard.strategies import Unranked, preset
 from naive_search import naive_inferenceguard
 
@@ -115,6 +115,9 @@ def main() -> None:
     if not args.skip_naive:
         naive_cfg = replace(ig, resample_rounds=0) if ig_method.endswith("critic") else ig
         naive_cfg = replace(naive_cfg, select=preset("inferenceguard").select)
+        # the naive search samples at a temperature only: both sides run the model's temperature, no truncation
+        temperature = sampling.resolve(naive_cfg, stack.lm.sampling_defaults).temperature
+        naive_cfg = replace(naive_cfg, temperature=temperature, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=1.0)
         dt_naive, _ = timed(lambda: [naive_inferenceguard(stack, p, naive_cfg, seed=s) for s, p in enumerate(prompts)])
         dt_engine, _ = timed(lambda: run(naive_cfg))
         out["ig_vs_naive"] = dt_naive / dt_engine
