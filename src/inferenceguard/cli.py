@@ -174,7 +174,9 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON ob
         table.add_row(
             key,
             str(entry.get("name", "-")),
-            str(entry.get("threshold", "-")),
+            f"{entry['threshold']:.4g}"
+            if isinstance(entry.get("threshold"), float)
+            else str(entry.get("threshold", "-")),
             _fmt_auc(auc),
             _fmt_auc(harmful),
             f"{_fmt_auc(before.get('onpolicy'))} / {_fmt_auc(before.get('onpolicy_harmful_prompts'))}"

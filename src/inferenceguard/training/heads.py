@@ -282,7 +282,7 @@ def choose_threshold(scores: np.ndarray, data: HarmData, recall: float = COST_RE
     sel = data.selection_rows() & data.onpolicy & (data.y == 1)
     if not sel.any():
         return COST_THRESHOLD
-    return float(np.floor(np.quantile(scores[sel], 1 - recall) * 100) / 100)
+    return round(float(np.floor(float(np.quantile(scores[sel], 1 - recall)) * 100) / 100), 2)
 
 
 def threshold_rates(scores: np.ndarray, data: HarmData, threshold: float) -> dict[str, Any]:
