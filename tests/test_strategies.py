@@ -292,3 +292,16 @@ def test_methods_needing_a_critic_refuse_a_stack_without_one(lm, stack):
 def test_steer_settings_are_validated(kw, arg):
     with pytest.raises(ConfigError, match=f"'{arg}'"):
         ValueSteer(**kw)
+
+
+def test_overrides_leave_what_a_preset_fixes_for_every_caller():
+    """One rule, in preset(): generate, eval and the server all get Best-of-N's whole-response step."""
+    from inferenceguard.harness.run import config_dict, resolve_methods
+
+    assert preset("bon", block=8).block is None and preset("args", block=8, candidates=5).block == 1
+    assert preset("args", candidates=5).candidates == 5  # ARGS's top-k
+    assert preset("sample", candidates=8).candidates == 1 and preset("recontrol", keep=3).keep == 1
+    assert preset("beam", block=8, candidates=8) == replace(PRESETS["beam"], block=8, candidates=8, keep=2)
+    cfgs = resolve_methods("bon,args,beam", 32, {"block": 8})
+    assert [cfgs[m].block for m in ("bon", "args", "beam")] == [None, 1, 8]
+    assert "fixed" not in config_dict(PRESETS["bon"])  # not part of a run's configuration identity

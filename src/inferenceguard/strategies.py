@@ -198,12 +198,16 @@ def bind(cfg: SearchConfig, stack: Stack) -> SearchConfig:
     return cfg
 
 
+ONE_CANDIDATE = frozenset({"candidates", "keep"})  # sampling draws one answer: --candidates does not reach it
+
+
 def _sample() -> SearchConfig:
-    return SearchConfig("sample", Unranked(), block=BLOCK, candidates=1, keep=1)
+    return SearchConfig("sample", Unranked(), block=BLOCK, candidates=1, keep=1, fixed=ONE_CANDIDATE)
 
 
 def _bon(name: str, sel: Any) -> SearchConfig:
-    return SearchConfig(name, sel, block=None, candidates=CANDIDATES, keep=1)
+    """One whole-response step: --block does not reach it."""
+    return SearchConfig(name, sel, block=None, candidates=CANDIDATES, keep=1, fixed=frozenset({"block"}))
 
 
 def _beam(name: str, sel: Any) -> SearchConfig:
@@ -211,7 +215,8 @@ def _beam(name: str, sel: Any) -> SearchConfig:
 
 
 def _args(name: str, sel: Args) -> SearchConfig:
-    return SearchConfig(name, sel, block=1, candidates=10, keep=1, proposal="topk")
+    """Token-level: --block does not reach it; --candidates sets the top-k."""
+    return SearchConfig(name, sel, block=1, candidates=10, keep=1, proposal="topk", fixed=frozenset({"block"}))
 
 
 def _ig(name: str, sel: Any) -> SearchConfig:
@@ -224,7 +229,7 @@ def _ig(name: str, sel: Any) -> SearchConfig:
 
 def _recontrol(name: str, steer: ValueSteer) -> SearchConfig:
     """Plain sampling (one candidate), every token drawn from the steered logits."""
-    return SearchConfig(name, Unranked(), block=BLOCK, candidates=1, keep=1, steer=steer)
+    return SearchConfig(name, Unranked(), block=BLOCK, candidates=1, keep=1, steer=steer, fixed=ONE_CANDIDATE)
 
 
 PRESETS: dict[str, SearchConfig] = {
@@ -266,7 +271,11 @@ _SHAPE = (
 
 
 def preset(method: str, **overrides: Any) -> SearchConfig:
-    """The named method's configuration with user overrides (None values are ignored), validated."""
+    """The named method's configuration with user overrides (None values are ignored), validated.
+
+    The one place overrides are resolved, for the CLI, the harness and the server alike: an override of a
+    setting the preset fixes (``SearchConfig.fixed``) is left out, so one set of flags serves a run that mixes
+    methods; ``candidates`` alone sets K = N/4 for beam methods."""
     if method not in PRESETS:
         raise ConfigError("method", method, f"must be one of: {', '.join(PRESETS)}")
     unknown = set(overrides) - set(_SHAPE)
@@ -275,9 +284,7 @@ def preset(method: str, **overrides: Any) -> SearchConfig:
             sorted(unknown)[0], overrides[sorted(unknown)[0]], f"is not a search setting; valid: {', '.join(_SHAPE)}"
         )
     cfg = PRESETS[method]
-    given = {k: v for k, v in overrides.items() if v is not None}
+    given = {k: v for k, v in overrides.items() if v is not None and k not in cfg.fixed}
     if "candidates" in given and "keep" not in given and cfg.keep > 1:
         given["keep"] = max(1, given["candidates"] // 4)  # K = N/4, as in the paper
-    if method == "sample" or method.startswith("recontrol"):
-        given.pop("candidates", None), given.pop("keep", None)
     return replace(cfg, **given)

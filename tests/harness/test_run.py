@@ -174,9 +174,19 @@ def test_a_different_configuration_is_refused_with_the_setting(stack, tmp_path):
     other_judge.judge.threshold = 0.3
     with pytest.raises(ConfigError, match=r"shared\.models\.judge\.threshold"):
         run_eval(other_judge, load_sources([a], limit=2), "sample", out, **KW)
-    with pytest.raises(ConfigError, match="prompt set 'alpha' held 2 prompts"):
-        run_eval(stack, load_sources([a], limit=1, sample_seed=3), "sample", out, **KW)
+    with pytest.raises(ConfigError, match=r"prompt set 'alpha' held 2 prompts .* whose prompt 1 is another one"):
+        run_eval(stack, load_sources([a], limit=2, sample_seed=0), "sample", out, **KW)  # prompts 2 and 3
     assert len(_lines(out)) == 2  # nothing was written by the refused runs
+
+
+def test_resuming_with_the_first_prompts_of_a_set_adds_nothing_and_keeps_the_set(stack, tmp_path):
+    """`eval --prompts FILE` then `--resume --prompts FILE:1`: the first prompt is done, the set keeps all 3."""
+    a, _ = _files(tmp_path)
+    out = tmp_path / "run"
+    run_eval(stack, load_sources([a]), "sample", out, **KW)
+    summary = run_eval(stack, load_sources([a], limit=1), "sample", out, **KW)
+    assert len(_lines(out)) == 3 and summary["methods"]["sample"]["alpha"]["n"] == 3
+    assert len(json.loads((out / CONFIG).read_text())["prompt_sets"]["alpha"]["ids"]) == 3
 
 
 def test_new_methods_sets_and_more_prompts_extend_a_run(stack, tmp_path):

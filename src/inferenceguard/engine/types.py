@@ -91,6 +91,9 @@ class SearchConfig:
     refusal: str = REFUSAL
     steer: Any = None  # an optional hidden-state transform before the LM head (RE-Control)
     record_hidden: bool = False  # keep each answer's hidden state at every step boundary (critic rollouts)
+    # settings this method defines itself, so a shared override leaves them alone (strategies.preset): e.g.
+    # Best-of-N's one whole-response step ignores --block; not part of the configuration's identity
+    fixed: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.block is not None and (not isinstance(self.block, int) or self.block < 1):

@@ -87,19 +87,9 @@ def parse_methods(methods: str | Sequence[str]) -> list[str]:
 def resolve_methods(
     methods: str | Sequence[str], max_new_tokens: int, settings: Mapping[str, Any] | None = None
 ) -> dict[str, SearchConfig]:
-    """method -> its preset with the shared overrides (validated; not yet bound to a stack).
-
-    ``block`` only reaches block-wise methods: Best-of-N keeps its one whole-response step and ARGS its
-    token-level steps, so one ``--block`` can serve a run that mixes them.
-    """
-    out = {}
-    for m in parse_methods(methods):
-        given = dict(settings or {})
-        base = PRESETS[m]
-        if base.block is None or base.proposal == "topk":
-            given.pop("block", None)
-        out[m] = preset(m, max_new_tokens=max_new_tokens, **given)
-    return out
+    """method -> its preset with the shared overrides (validated by :func:`strategies.preset`, which leaves
+    out what a preset fixes; not yet bound to a stack)."""
+    return {m: preset(m, max_new_tokens=max_new_tokens, **dict(settings or {})) for m in parse_methods(methods)}
 
 
 # ---- configuration ---------------------------------------------------------------------------------------------
@@ -227,13 +217,17 @@ def merge_config(old: dict[str, Any] | None, new: dict[str, Any], out: str | Pat
     for s, entry in new["prompt_sets"].items():
         if s in old["prompt_sets"]:
             before = old["prompt_sets"][s]
-            if entry["ids"][: len(before["ids"])] != before["ids"]:
+            had, now = before["ids"], entry["ids"]
+            at = next((i for i, (a, b) in enumerate(zip(had, now)) if a != b), None)
+            if at is not None:
                 raise refuse(
-                    f"prompt set '{s}' held {len(before['ids'])} prompts (source {before['source']!r}, limit "
-                    f"{before.get('limit')}, sample seed {before.get('sample_seed')}); now {len(entry['ids'])} "
-                    f"prompts that do not start with the same ones (source {entry['source']!r}, limit "
-                    f"{entry.get('limit')}, sample seed {entry.get('sample_seed')})"
+                    f"prompt set '{s}' held {len(had)} prompts (source {before['source']!r}, limit "
+                    f"{before.get('limit')}, sample seed {before.get('sample_seed')}); now {len(now)} prompts "
+                    f"(source {entry['source']!r}, limit {entry.get('limit')}, sample seed "
+                    f"{entry.get('sample_seed')}) whose prompt {at + 1} is another one"
                 )
+            if len(now) < len(had):  # the first prompts of the same set: nothing new, the folder keeps them all
+                entry = before
         merged["prompt_sets"][s] = entry
     merged["method_keys"] = {m: _key(merged["shared"], e) for m, e in merged["methods"].items()}
     return merged
