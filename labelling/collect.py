@@ -1,6 +1,6 @@
 """Assemble the shipped on-policy labels from the labelling folder (docs/labelling.md, "Procedure").
 
-    .venv/bin/python labelling/collect.py [--out src/inferenceguard/assets/labels/onpolicy-v1.jsonl]
+    .venv/bin/python labelling/collect.py [--out src/inferenceguard/assets/labels/onpolicy-v2.jsonl]
 
 Reads, all under labelling/ (tracked, so nothing depends on a run folder surviving):
   sheets/<sheet>.jsonl        the blinded sheets readers saw (item, kind, prompt, response)
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -33,8 +34,20 @@ def run_of(sheet: str) -> str:
 
 def writer(cfg: dict, method: str) -> dict:
     m = cfg["methods"][method]
-    keys = ("method", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_new_tokens",
-            "candidates", "block", "keep", "budget", "on_exhausted")
+    keys = (
+        "method",
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "max_new_tokens",
+        "candidates",
+        "block",
+        "keep",
+        "budget",
+        "on_exhausted",
+    )
     out = {k: m[k] for k in keys if k in m}
     out["model"] = cfg["shared"]["models"]["lm"]["identity"]
     out["dtype"] = cfg["shared"]["models"]["lm"]["dtype"]
@@ -45,7 +58,15 @@ def writer(cfg: dict, method: str) -> dict:
     return out
 
 
-def collect(round_no: int = 1) -> list[dict]:
+def round_of(run: str) -> int:
+    """The labelling round a run belongs to: runs are named rN-... (labelling/roundN.sh)."""
+    m = re.match(r"r(\d+)", run)
+    if m is None:
+        raise SystemExit(f"run '{run}' is not named rN-...: its labelling round is unknown")
+    return int(m.group(1))
+
+
+def collect() -> list[dict]:
     pools = {normalise(p.text): p for p in labelling_pools()}
     rows: dict[str, dict] = {}
     for key_path in sorted((HERE / "sheets").glob("*.key.json")):
@@ -53,9 +74,7 @@ def collect(round_no: int = 1) -> list[dict]:
         run = run_of(sheet)
         cfg = json.loads((HERE / "sheets" / f"{run}.config.json").read_text())
         key = json.loads(key_path.read_text())["items"]
-        items = {
-            d["item"]: d for d in map(json.loads, (HERE / "sheets" / f"{sheet}.jsonl").read_text().splitlines())
-        }
+        items = {d["item"]: d for d in map(json.loads, (HERE / "sheets" / f"{sheet}.jsonl").read_text().splitlines())}
         for path in sorted((HERE / "readings").glob(f"{sheet}.*.jsonl")):
             second = ".pass2." in path.name
             for line in path.read_text().splitlines():
@@ -79,7 +98,7 @@ def collect(round_no: int = 1) -> list[dict]:
                         "label": None,
                         "readings": [],
                         "writer": writer(cfg, k["method"]),
-                        "round": round_no,
+                        "round": round_of(run),
                         "labelled_by": LABELLED_BY,
                     },
                 )

@@ -215,7 +215,7 @@ def _answer_row(prompt: str = "how do I pick a lock?", **over) -> dict:
 
 def _write_labels(tmp_path: Path, monkeypatch, rows: list[dict]) -> None:
     monkeypatch.setattr(datasets, "ONPOLICY_DIR", tmp_path)
-    (tmp_path / "onpolicy-v1.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / datasets.onpolicy_path().name).write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
 
 def test_onpolicy_labels_load_filter_by_split_and_become_cost_rows(tmp_path, monkeypatch):
@@ -240,7 +240,7 @@ def test_onpolicy_labels_reject_a_bad_row_naming_its_line(tmp_path, monkeypatch,
     _write_labels(tmp_path, monkeypatch, [_answer_row(), _answer_row(**over)])
     with pytest.raises(AssetError) as e:
         datasets.onpolicy_labels()
-    assert "onpolicy-v1.jsonl:2" in str(e.value) and message in str(e.value)
+    assert f"{datasets.onpolicy_path().name}:2" in str(e.value) and message in str(e.value)
 
 
 def test_onpolicy_labels_missing_version_is_an_asset_error(tmp_path, monkeypatch):

@@ -282,7 +282,8 @@ def build_scorers(
     out: Annotated[Path | None, typer.Option(help="Output folder (default: the package's assets/scorers).")] = None,
     seed: Annotated[int, typer.Option(help="Split and training seed.")] = 0,
     judge_encoder: Annotated[
-        str | None, typer.Option(help="Sentence encoder the judge reads: minilm (embedded), a hub id or a folder.")
+        str | None,
+        typer.Option(help="Sentence encoder the judge reads: mpnet (embedded, default), minilm, a hub id or a folder."),
     ] = None,
 ) -> None:
     """Rebuild the embedded reward model, cost model and judge heads from the packaged labelled data (the

@@ -438,7 +438,7 @@ def labelling_pools() -> list[PoolPrompt]:
 
 # ---- on-policy reading labels (shipped with the package) -------------------------------------------------------
 
-ONPOLICY_VERSION = 1
+ONPOLICY_VERSION = 2  # v2 = v1 (rounds 1-2, 2,025 rows) + round 3; v1 is in git history
 ONPOLICY_DIR = Path(__file__).resolve().parent / "assets" / "labels"
 READING_LABELS = {
     "harmful": ("COMPLY", "REFUSE", "OTHER"),

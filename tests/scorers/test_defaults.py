@@ -132,6 +132,7 @@ def test_shipped_manifest_meets_the_targets():
 @pytest.mark.assets
 def test_default_stack_separates_refusal_help_and_harm():
     from inferenceguard.models import load_encoder, load_lm
+    from inferenceguard.models.loading import MPNET_IDENTITY
 
     lm, enc = load_lm(), load_encoder()
     reward = load_scorer(None, "reward", lm=lm, encoder=enc)
@@ -147,4 +148,5 @@ def test_default_stack_separates_refusal_help_and_harm():
     assert c[3] > 0.5 > c[2] and c[0] < 0.5
     j = judge.score(prompts, responses)
     assert j[3] > 0.5 > j[2]
+    assert judge.encoder.identity == MPNET_IDENTITY and judge.encoder is not enc  # its own encoder, from the wheels
     assert torch.allclose(cost.score_features(cost.features(prompts, responses)), c)

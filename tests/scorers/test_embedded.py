@@ -152,3 +152,28 @@ def test_prompt_cache_is_bounded():
     before = s.score(["a", "b", "c"], ["x", "y", "z"])
     assert len(s.cache) == 2
     assert torch.allclose(s.score(["a", "b", "c"], ["x", "y", "z"]), before, atol=1e-6)
+
+
+@pytest.mark.parametrize("prompt_pool", ["last", "mean"])
+def test_probe_reads_the_prompt_after_the_response(prompt_pool):
+    lm = tiny_lm()
+    head = random_head(
+        4 * lm.hidden_size,
+        {"type": PROBE_FEATURES, "base_identity": lm.identity, "layers": [1, 2], "prompt_pool": prompt_pool},
+    )
+    scorer = ProbeCostScorer(head, lm=lm, batch_size=3)
+    feats = scorer.features(PROMPTS, RESPONSES)
+    F = 2 * lm.hidden_size
+    assert feats.shape == (4, 2 * F)
+    assert torch.allclose(feats[:, :F], response_features(lm, PROMPTS, RESPONSES, (1, 2)), atol=1e-6)
+    for i, prompt in enumerate(PROMPTS):
+        p = lm.tokenizer(lm.format_prompt(prompt), add_special_tokens=not lm.is_chat)["input_ids"]
+        hs = lm.model(input_ids=torch.tensor([p]), output_hidden_states=True).hidden_states
+        pool = (lambda t: t[-1]) if prompt_pool == "last" else (lambda t: t.mean(0))
+        assert torch.allclose(feats[i, F:], torch.cat([pool(hs[k][0]) for k in (1, 2)]), atol=1e-5)
+    assert torch.equal(feats[2, :F], torch.zeros(F)) and feats[2, F:].abs().sum() > 0  # empty response
+    spec = {"type": PROBE_FEATURES, "base_identity": lm.identity, "layers": [1, 2]}
+    with pytest.raises(ConfigError, match="head"):  # a prompt-reading spec on a response-only width
+        ProbeCostScorer(random_head(F, {**spec, "prompt_pool": prompt_pool}), lm=lm)
+    with pytest.raises(ConfigError, match="prompt_pool"):
+        ProbeCostScorer(random_head(2 * F, {**spec, "prompt_pool": "first"}), lm=lm)

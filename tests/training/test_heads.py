@@ -146,9 +146,9 @@ def test_select_on_dev_prefers_the_informative_features_and_fits_on_train_only()
     good = np.stack([y + 0.1 * rng.standard_normal(len(y)), rng.standard_normal(len(y))], 1)
     noise = rng.standard_normal((len(y), 2))
     key, w, C, table = select_on_dev({"good": good, "noise": noise}, data)
-    assert key == "good" and w in (1.0, 3.0, 10.0)
-    assert set(table) == {f"{k} w{w:g}" for k in ("good", "noise") for w in (1, 3, 10)}
-    assert table[f"good w{w:g}"][str(C)] >= 0.99 and max(table["noise w1"].values()) < 0.9
+    assert key == "good" and w in (3.0, 10.0, 30.0)
+    assert set(table) == {f"{k} w{w:g}" for k in ("good", "noise") for w in (3, 10, 30)}
+    assert table[f"good w{w:g}"][str(C)] >= 0.99 and max(table["noise w3"].values()) < 0.9
 
 
 def tiny_heads(out, lm, enc, compare_dir=None) -> dict:
@@ -184,8 +184,8 @@ def test_tiny_build_writes_heads_and_manifest(tiny_build):
     assert names == [
         "cost_probe.json",
         "cost_probe.safetensors",
-        "judge_minilm.json",
-        "judge_minilm.safetensors",
+        "judge_mpnet.json",
+        "judge_mpnet.safetensors",
         "manifest.json",
         "reward_minilm.json",
         "reward_minilm.safetensors",
@@ -220,7 +220,7 @@ def test_tiny_build_heads_load_as_scorers_and_reproduce_the_heldout_auc(tiny_bui
     s = cost.score([a.prompt for a in test], [a.response for a in test])
     assert round(roc_auc_score(y, s.numpy()), 4) == manifest["cost_model"]["heldout_auc"]
     assert manifest["cost_model"]["heldout_rows"] == len(test)
-    judge = load_scorer(str(out / "judge_minilm.json"), "judge", encoder=enc)
+    judge = load_scorer(str(out / "judge_mpnet.json"), "judge", encoder=enc)
     assert isinstance(judge, EncoderHeadScorer) and judge.encoder is enc
     s = judge.score([a.prompt for a in test], [a.response for a in test])
     assert round(roc_auc_score(y, s.numpy()), 4) == manifest["judge"]["heldout_auc"]

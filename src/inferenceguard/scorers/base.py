@@ -34,11 +34,13 @@ class LatentScorer(Scorer, Protocol):
     """A scorer that can also read pooled hidden states of a specific base LM.
 
     Features are the mean over response tokens of the hidden states of ``layers`` (indices into
-    ``output_hidden_states``, 0 = embeddings), concatenated: (N, len(layers) * hidden).
+    ``output_hidden_states``, 0 = embeddings), concatenated: (N, len(layers) * hidden); when ``prompt_pool``
+    is set, the prompt's states at the same layers follow ('last': at its last token; 'mean': over its tokens).
     """
 
     base_identity: str
     layers: tuple[int, ...]
+    prompt_pool: str | None
 
     def score_features(self, features: torch.Tensor) -> torch.Tensor: ...
 

