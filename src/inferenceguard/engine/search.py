@@ -96,7 +96,6 @@ class _Run:
         cost = stack.cost
         self.latent = isinstance(cost, LatentScorer) and cost.base_identity == self.lm.identity
         self.layers: tuple[int, ...] = tuple(cost.layers) if self.latent else ()  # type: ignore[union-attr]
-        self.prompt_pool: str | None = cost.prompt_pool if self.latent else None  # type: ignore[union-attr]
         self.prompt_feats: torch.Tensor | None = None  # (B, F) the prompt part of the latent features, if read
         self.counts = {
             k: torch.zeros(self.B, dtype=torch.long) for k in ("forward", "reward", "cost", "critic", "sampled")
@@ -146,9 +145,10 @@ class _Run:
         prompt = torch.arange(self.B, device=dev)
         cache = kv.new_cache(self.lm.model.config, T + self.cfg.max_new_tokens)
         logits, h, feats, cache = self.forward(ids, mask, cache, prompt)
-        if self.prompt_pool == "last":  # left-padded: the last position is every prompt's last token
+        pool = self.stack.cost.prompt_pool if self.latent else None  # type: ignore[union-attr]
+        if pool == "last":  # left-padded: the last position is every prompt's last token
             self.prompt_feats = feats[:, -1]
-        elif self.prompt_pool == "mean":
+        elif pool == "mean":
             self.prompt_feats = (feats * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
         empty = torch.zeros(self.B, 0, dtype=torch.long, device=dev)
         F = len(self.layers) * self.lm.hidden_size

@@ -174,7 +174,7 @@ class Encoder:
     def embed(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
         """texts -> (N, H) float32 unit vectors, in input order. Batches are drawn by length (padding is masked,
         so a text's embedding does not depend on its batch mates; sorting only saves the padded work)."""
-        out = torch.zeros(len(texts), self.model.config.hidden_size)
+        out = torch.zeros(len(texts), self.model.config.hidden_size, device=self.device)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for i in range(0, len(texts), batch_size):
             idx = order[i : i + batch_size]
@@ -187,8 +187,8 @@ class Encoder:
             ).to(self.device)
             h = self.model(**enc).last_hidden_state.float()  # (b, T, H)
             m = enc["attention_mask"].unsqueeze(-1).float()
-            out[idx] = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1), dim=-1).cpu()
-        return out.to(self.device)
+            out[idx] = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1), dim=-1)
+        return out
 
 
 def _offline() -> bool:

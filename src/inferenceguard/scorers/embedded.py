@@ -34,6 +34,13 @@ ENCODER_PARTS = ("prompt", "response", "product", "cosine")
 PROMPT_POOLS = ("last", "mean")  # how a probe may read the prompt: its last token's state, or the mean over it
 
 
+def check_prompt_pool(value: str | None, arg: str = "prompt_pool") -> str | None:
+    """A probe's prompt part: None (the answer only) or one of :data:`PROMPT_POOLS`; ConfigError otherwise."""
+    if value not in (None, *PROMPT_POOLS):
+        raise ConfigError(arg, value, f"must be one of {', '.join(PROMPT_POOLS)} or None")
+    return value
+
+
 def default_head_path(role: str) -> Path:
     """The stem of the shipped head for 'cost', 'judge' or 'reward'."""
     if role not in HEAD_FILES:
@@ -113,8 +120,7 @@ def prefix_features(
         raise ConfigError("max_length", max_length, "must be at least 2")
     if any(k < 1 for k in prefixes):
         raise ConfigError("prefixes", list(prefixes), "must be token counts >= 1")
-    if prompt_pool not in (None, *PROMPT_POOLS):
-        raise ConfigError("prompt_pool", prompt_pool, f"must be one of {', '.join(PROMPT_POOLS)} or None")
+    check_prompt_pool(prompt_pool)
     pairs = [_fit(p, r, max_length) for p, r in probe_token_ids(lm, prompts, responses)]
     cuts = [None, *prefixes]
     F = len(layers) * lm.hidden_size
@@ -220,9 +226,7 @@ class ProbeCostScorer(BatchedScorer):
                 f"must be the base LM the probe '{self.head.name}' was trained on, '{spec.get('base_identity')}'",
             )
         self.layers: tuple[int, ...] = tuple(int(x) for x in spec.get("layers", ()))
-        self.prompt_pool: str | None = spec.get("prompt_pool")
-        if self.prompt_pool not in (None, *PROMPT_POOLS):
-            raise ConfigError("features.prompt_pool", self.prompt_pool, f"must be one of {', '.join(PROMPT_POOLS)}")
+        self.prompt_pool = check_prompt_pool(spec.get("prompt_pool"), "features.prompt_pool")
         parts = 2 if self.prompt_pool else 1
         width = parts * len(self.layers) * self.lm.hidden_size
         if width != self.head.dim:

@@ -274,12 +274,10 @@ def _previous(
     """The replaced head's scores on the test rows, NaN elsewhere (None when there is no head to compare)."""
     from inferenceguard.scorers.defaults import load_scorer
 
+    if compare_dir is None:
+        return None
     stems = (HEAD_FILES[role], PREVIOUS_FILES[role])  # this build's file name, or the one v0 used
-    path = (
-        next((compare_dir / f"{s}.json" for s in stems if (compare_dir / f"{s}.json").is_file()), None)
-        if compare_dir
-        else None
-    )
+    path = next((p for stem in stems if (p := compare_dir / f"{stem}.json").is_file()), None)
     if path is None:
         return None
     try:
