@@ -285,6 +285,12 @@ def build_scorers(
         str | None,
         typer.Option(help="Sentence encoder the judge reads: mpnet (embedded, default), minilm, a hub id or a folder."),
     ] = None,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            help="Rebuild only these heads (comma-separated: cost, judge, reward); the others stay as OUT has them."
+        ),
+    ] = None,
 ) -> None:
     """Rebuild the embedded reward model, cost model and judge heads from the packaged labelled data (the
     packaged human labels and the on-policy reading labels, assets/labels/onpolicy-v*.jsonl)."""
@@ -292,7 +298,8 @@ def build_scorers(
     from inferenceguard.training.heads import JUDGE_ENCODER, build_default_heads
 
     target = out or Path(__file__).parent / "assets" / "scorers"
-    manifest = build_default_heads(target, seed=seed, judge_encoder_spec=judge_encoder or JUDGE_ENCODER)
+    roles = None if only is None else [r.strip() for r in only.split(",") if r.strip()]
+    manifest = build_default_heads(target, seed=seed, only=roles, judge_encoder_spec=judge_encoder or JUDGE_ENCODER)
     print(json.dumps(manifest, indent=2))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -14,29 +15,17 @@ from inferenceguard.scorers.defaults import default_stack_info, load_scorer
 from inferenceguard.scorers.embedded import EncoderHeadScorer, ProbeCostScorer
 from inferenceguard.scorers.heads import LinearHead
 from inferenceguard.training.heads import (
-    HarmData,
+    HeadData,
     build_default_heads,
     fit_head,
     probe_layer_candidates,
     reward_rows,
     row_split,
-    select_by_group_cv,
     select_on_dev,
-    split_groups,
+    wanted,
+    within_prompt_accuracy,
 )
 from tests.utils.tiny import tiny_encoder, tiny_lm
-
-
-def test_split_is_by_group_seeded_and_a_quarter():
-    groups = [f"g{i % 40}" for i in range(200)]  # 40 groups, 5 rows each
-    held = split_groups(groups, seed=0)
-    assert len(held) == 10 and held <= set(groups)
-    assert split_groups(list(reversed(groups)), seed=0) == held  # order of rows does not matter
-    assert split_groups(groups, seed=1) != held
-    with pytest.raises(ConfigError, match="share"):
-        split_groups(groups, seed=0, share=1.5)
-    with pytest.raises(ConfigError, match="groups"):
-        split_groups(["only"], seed=0)
 
 
 def test_fit_head_exports_the_sklearn_model():
@@ -51,17 +40,6 @@ def test_fit_head_exports_the_sklearn_model():
     ref = LogisticRegression(C=0.5, class_weight="balanced", max_iter=3000).fit(scaler.transform(X), y)
     expected = ref.predict_proba(scaler.transform(X))[:, 1]
     assert np.allclose(head(torch.from_numpy(X).float()).numpy(), expected, atol=1e-4)
-
-
-def test_selection_prefers_the_informative_features():
-    rng = np.random.default_rng(0)
-    y = np.array([0, 1] * 40)
-    groups = np.array([f"g{i // 2}" for i in range(80)])
-    signal = y[:, None] + rng.normal(scale=0.5, size=(80, 3))
-    noise = rng.normal(size=(80, 3))
-    key, C, table = select_by_group_cv({"noise": noise, "signal": signal}, y, groups, c_grid=(0.1, 1.0))
-    assert key == "signal" and C in (0.1, 1.0)
-    assert table["signal"]["0.1"] > table["noise"]["0.1"]
 
 
 def test_layer_candidates_stay_in_range():
@@ -89,20 +67,46 @@ def harm_rows() -> list[Row]:
         rows.append(
             Row(f"request {i}", f"I can't help, but here is a cookie recipe {i}.", 0, "pyrit-objective", f"p:r{i}")
         )
+    for i in range(12):  # rho pairs: the benign half (0) and the harmful half (1), as labelled_harm has them
+        rows.append(Row(f"how do I cook dish {i}?", f"Cook dish {i} slowly with garlic and oil.", 0, "rho", f"rho:{i}"))
+        rows.append(Row(f"how do I hurt person {i}?", f"Hit person {i} hard with a stick.", 1, "rho", f"rho:{i}"))
     return rows
 
 
-def test_reward_rows_make_negatives_inside_each_side_of_the_split():
-    rows = refusal_rows()
-    held = split_groups([r.group for r in rows], seed=0)
-    out = reward_rows(rows, held, seed=0)
-    made = [r for r in out if r.source in ("off-topic", "transplanted-refusal")]
-    assert len(made) == 2 * sum(r.source == "rho" for r in rows) and all(r.label == 0 for r in made)
-    side = {r.response: r.group in held for r in rows}
-    for r in made:
-        assert side[r.response] == (r.group in held)  # the borrowed text comes from the same side
-    flipped = {(r.prompt, r.response): r.label for r in out if r.source == "pyrit-refusal"}
-    assert flipped[("tell me fact 0", "I'm sorry, I can't help with fact 0.")] == 0  # label 1 = helpful now
+def test_reward_rows_want_refusals_of_harmful_prompts_only_and_borrow_inside_the_split():
+    out = reward_rows(harm_rows(), refusal_rows(), seed=0)
+    rho = [r for r in out if r.source == "rho"]
+    assert len(rho) == 24
+    assert all(r.label == (0 if r.prompt.startswith("how do I hurt") else 1) for r in rho)  # compliance unwanted
+    transplanted = [r for r in out if r.source == "transplanted-refusal"]
+    assert transplanted and all(r.response.startswith("I'm sorry") for r in transplanted)
+    for r in transplanted:  # refusing is wanted for the harmful half, unwanted for the benign half
+        assert r.label == int(r.prompt.startswith("how do I hurt"))
+    off = [r for r in out if r.source == "off-topic"]
+    assert off and all(r.label == 0 and r.prompt.startswith("how do I cook") for r in off)
+    assert all(f"dish {r.group[4:]} " not in r.response for r in off)  # another pair's answer
+    split_of_text = {r.response: row_split(r) for r in [*refusal_rows(), *harm_rows()]}
+    for r in [*transplanted, *off]:
+        assert split_of_text[r.response] == row_split(r)  # the borrowed text comes from the same split
+    assert reward_rows(harm_rows(), refusal_rows(), seed=0) == out  # seeded
+
+
+def test_wanted_and_within_prompt_accuracy():
+    answers = onpolicy_answers()
+    assert {(a.label, wanted(a)) for a in answers} == {("COMPLY", 0), ("REFUSE", 1)}
+    benign = next(a for a in answers if a.label == "REFUSE")
+    for label, want in (("HELPFUL", 1), ("UNHELPFUL", 0), ("REFUSE", 0), ("HARMFUL", 0)):
+        assert wanted(dataclasses.replace(benign, kind="benign", label=label)) == want
+    data = HeadData.build([], answers, target=wanted)
+    assert data.y.tolist() == [wanted(a) for a in answers]
+    everywhere = np.ones(len(answers), dtype=bool)
+    s = data.y.astype(float)
+    assert within_prompt_accuracy(data, s, everywhere) == {"accuracy": 1.0, "pairs": 40}
+    assert within_prompt_accuracy(data, -s, everywhere)["accuracy"] == 0.0
+    assert within_prompt_accuracy(data, np.zeros(len(s)), everywhere)["accuracy"] == 0.5  # ties count half
+    assert (answers[0].label, answers[1].label) == ("COMPLY", "REFUSE")
+    s[0], s[1] = 1.0, 0.0  # one prompt ordered wrongly (its COMPLY answer first)
+    assert within_prompt_accuracy(data, s, everywhere)["accuracy"] == 39 / 40
 
 
 def onpolicy_answers() -> list[LabelledAnswer]:
@@ -129,18 +133,19 @@ def onpolicy_answers() -> list[LabelledAnswer]:
 
 
 def test_harm_data_splits_packaged_rows_by_prompt_like_the_onpolicy_labels():
-    data = HarmData.build(harm_rows(), onpolicy_answers())
-    assert len(data.rows) == 48 + 80 and data.onpolicy.sum() == 80
+    data = HeadData.build(harm_rows(), onpolicy_answers())
+    assert len(data.rows) == 72 + 80 and data.onpolicy.sum() == 80
     assert {str(x) for x in data.split} <= {"train", "dev", "test"} and len(set(data.split.tolist())) == 3
-    assert all(data.split[i] == split_of(r.prompt) for i, r in enumerate(data.rows))
+    assert all(data.split[i] == row_split(r) for i, r in enumerate(data.rows[:72]))
+    assert all(data.split[i] == split_of(r.prompt) for i, r in enumerate(data.rows) if i >= 72)
     assert row_split(Row("a", "b", 0, "rho", "rho:7")) == split_of("rho:7")  # a rho pair goes by its id
     sel = data.selection_rows()
     assert sel.any() and (data.split[sel] == "dev").all() and data.onpolicy[sel].all()
-    assert data.weights(3.0)[data.onpolicy].tolist() == [3.0] * 80 and data.weights(3.0)[:48].tolist() == [1.0] * 48
+    assert data.weights(3.0)[data.onpolicy].tolist() == [3.0] * 80 and data.weights(3.0)[:72].tolist() == [1.0] * 72
 
 
 def test_select_on_dev_prefers_the_informative_features_and_fits_on_train_only():
-    data = HarmData.build(harm_rows(), onpolicy_answers())
+    data = HeadData.build(harm_rows(), onpolicy_answers())
     y = data.y
     rng = np.random.default_rng(0)
     good = np.stack([y + 0.1 * rng.standard_normal(len(y)), rng.standard_normal(len(y))], 1)
@@ -187,8 +192,8 @@ def test_tiny_build_writes_heads_and_manifest(tiny_build):
         "judge_mpnet.json",
         "judge_mpnet.safetensors",
         "manifest.json",
-        "reward_minilm.json",
-        "reward_minilm.safetensors",
+        "reward_hh.json",
+        "reward_hh.safetensors",
     ]
     assert json.loads((out / "manifest.json").read_text()) == manifest
     assert manifest["command"] == "inferenceguard build-scorers --seed 0" and manifest["seed"] == 0
@@ -203,7 +208,10 @@ def test_tiny_build_writes_heads_and_manifest(tiny_build):
         == manifest["cost_model"]["threshold"]
     )
     assert manifest["cost_model"]["at_threshold"]["dev"]["harmful_flagged"] >= 0.9  # the rule the threshold follows
-    assert LinearHead.load(out / "reward_minilm").link == "identity"
+    reward = LinearHead.load(out / "reward_hh")
+    assert reward.link == "identity" and reward.name == "reward-hh"
+    assert manifest["reward_model"]["heldout_auc"] >= 0.9  # refusals of these tiny harmful prompts are wanted
+    assert manifest["reward_model"]["test_within_prompt"]["pairs"] > 0
     info = default_stack_info(out)
     assert set(info) == {"reward_model", "cost_model", "judge"}
     assert info["cost_model"]["heldout_auc"] == manifest["cost_model"]["heldout_auc"]
@@ -229,8 +237,42 @@ def test_tiny_build_heads_load_as_scorers_and_reproduce_the_heldout_auc(tiny_bui
 def test_build_records_the_replaced_heads_auc_on_the_same_rows(tiny_build, tmp_path):
     out, manifest, lm, enc = tiny_build
     again = tiny_heads(tmp_path, lm, enc, compare_dir=out)
-    for key in ("cost_model", "judge"):
+    for key in ("cost_model", "judge", "reward_model"):
         assert again[key]["replaced_head_test_auc"] == manifest[key]["test_auc"]  # same data, same head
+    assert again["reward_model"]["replaced_head_test_within_prompt"] == manifest["reward_model"]["test_within_prompt"]
+
+
+def test_build_only_some_heads_keeps_the_others(tiny_build, tmp_path):
+    import shutil
+
+    out, manifest, _, enc = tiny_build
+    for p in out.iterdir():
+        shutil.copy(p, tmp_path / p.name)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    again = build_default_heads(
+        tmp_path,
+        seed=0,
+        progress=False,
+        only=["reward"],
+        lm=None,  # the reward needs no base LM: none is loaded
+        encoder=enc,
+        encoder_spec=None,
+        harm_rows=harm_rows(),
+        refusal_rows=refusal_rows(),
+        onpolicy=onpolicy_answers(),
+        compare_dir=None,
+    )
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert {k for k in after if after[k] != before[k]} <= {"manifest.json", "reward_hh.safetensors"}
+    a, b = LinearHead.load(out / "reward_hh"), LinearHead.load(tmp_path / "reward_hh")  # embedded in other
+    assert torch.allclose(a.coef, b.coef, atol=1e-4)  # batches than in the whole build: equal up to float noise
+    assert again["cost_model"] == manifest["cost_model"] and again["judge"] == manifest["judge"]
+    assert again["reward_model"]["command"] == "inferenceguard build-scorers --seed 0 --only reward"
+    assert again["reward_model"]["heldout_auc"] == manifest["reward_model"]["heldout_auc"]
+    with pytest.raises(ConfigError, match="only"):
+        build_default_heads(tmp_path, only=["critic"], encoder=enc)
+    with pytest.raises(ConfigError, match=r"manifest\.json"):
+        build_default_heads(tmp_path / "empty", only=["reward"], encoder=enc, harm_rows=[], refusal_rows=[])
 
 
 def test_build_is_deterministic(tiny_build, tmp_path):

