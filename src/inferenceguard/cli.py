@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -51,6 +54,60 @@ BatchOpt = Annotated[int, typer.Option(help="Prompts searched together.")]
 CriticOpt = Annotated[
     str | None, typer.Option(help="Critic folder (default: the shipped critic when it fits the model).")
 ]
+
+
+RayOpt = Annotated[
+    bool,
+    typer.Option(
+        "--ray",
+        help="Answer on Ray workers, each holding its own stack (needs `pip install 'inferenceguard[ray]'`): the "
+        "cluster `ray start` runs on this machine, else a new local one; see docs/distributed.md.",
+    ),
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option("--address", help="The Ray cluster to join (implies --ray): auto, HOST:6379, ray://HOST:10001."),
+]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", help="With --ray: how many workers (default: as many as the cluster holds).")
+]
+WorkerCpusOpt = Annotated[
+    float | None, typer.Option("--worker-cpus", help="With --ray: CPUs per worker, its torch threads (default 1).")
+]
+WorkerGpusOpt = Annotated[
+    float | None,
+    typer.Option("--worker-gpus", help="With --ray: GPUs per worker (default 1 when the cluster has GPUs, else 0)."),
+]
+
+
+def _ray_options(
+    ray: bool, address: str | None, workers: int | None, worker_cpus: float | None, worker_gpus: float | None
+):
+    """The RayOptions the flags ask for (Ray imported now, so a missing package fails before any model loads),
+    or None without --ray / --address; a worker flag without them is refused."""
+    if not (ray or address):
+        for flag, v in (("--workers", workers), ("--worker-cpus", worker_cpus), ("--worker-gpus", worker_gpus)):
+            if v is not None:
+                raise ConfigError(flag, v, "needs --ray (or --address): it sizes the Ray workers")
+        return None
+    from inferenceguard.harness.distributed import RayOptions, import_ray
+
+    cpus = 1.0 if worker_cpus is None else worker_cpus
+    options = RayOptions(address=address, workers=workers, worker_cpus=cpus, worker_gpus=worker_gpus)
+    import_ray()
+    return options
+
+
+@contextlib.contextmanager
+def _ray_workers(load: Callable, options) -> Iterator:
+    """A started RayPool whose workers each call ``load`` once (ended on exit), or None without options."""
+    if options is None:
+        yield None
+        return
+    from inferenceguard.harness.distributed import RayPool
+
+    with RayPool(load, options) as pool:
+        yield pool
 
 
 def _env() -> None:
@@ -303,8 +360,27 @@ def build_scorers(
     print(json.dumps(manifest, indent=2))
 
 
+def _load_recipe(ctx: typer.Context, value: Path | None):
+    """--recipe (eager): validate the file, then hand its values to eval as defaults, so that every flag given
+    on the command line wins over it; eval receives the loaded ``recipes.Recipe``."""
+    if value is None:
+        return None
+    from inferenceguard.recipes import load_recipe
+
+    recipe = load_recipe(value)
+    ctx.default_map = {**(ctx.default_map or {}), **recipe.eval_defaults()}
+    return recipe
+
+
+def _from_command_line(ctx: typer.Context, names: tuple[str, ...]) -> list[str]:
+    """The parameters among ``names`` given as flags (not taken from a default or a recipe)."""
+    defaults = ("DEFAULT", "DEFAULT_MAP")
+    return [n for n in names if getattr(ctx.get_parameter_source(n), "name", "DEFAULT") not in defaults]
+
+
 @app.command("eval")
 def eval_(
+    ctx: typer.Context,
     prompts: Annotated[
         list[str],
         typer.Option(
@@ -341,12 +417,27 @@ def eval_(
     cost_model: CostOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    ray: RayOpt = False,
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
+    worker_cpus: WorkerCpusOpt = None,
+    worker_gpus: WorkerGpusOpt = None,
+    recipe: Annotated[
+        Path | None,
+        typer.Option(
+            help="A recipe (TOML: models, prompts, methods, settings; see recipes/ and docs/harness.md); every "
+            "flag given on the command line wins over it.",
+            callback=_load_recipe,
+            is_eager=True,
+        ),
+    ] = None,
 ) -> None:
     """Evaluate methods on prompt sets: resumable results.jsonl, summary table, Pareto plot and report.html."""
     _env()
-    from inferenceguard.guard import Guard
+    from inferenceguard.guard import load_stack
     from inferenceguard.harness.run import load_sources, resolve_methods, run_eval
     from inferenceguard.report import build
+    from inferenceguard.strategies import needs_critic
 
     settings = dict(
         budget=budget,
@@ -360,24 +451,33 @@ def eval_(
         repetition_penalty=repetition_penalty,
         on_exhausted=on_exhausted,
     )
-    resolve_methods(methods, max_new_tokens, settings)  # validate before loading any model
+    method_settings = None  # a recipe's [methods.NAME] tables, less the settings given as flags
+    if recipe is not None:  # the loaded recipes.Recipe (_load_recipe); its other values came in as defaults
+        from inferenceguard.recipes import SHARED
+
+        method_settings = recipe.method_settings(_from_command_line(ctx, SHARED))
+    cfgs = resolve_methods(methods, max_new_tokens, settings, method_settings)  # validate before loading a model
+    if critic is not None and not any(needs_critic(c) for c in cfgs.values()):
+        critic = None  # no chosen method reads it (e.g. a recipe's critic not trained yet): do not load it
     if out.exists() and not out.is_dir():
         raise ConfigError("--out", str(out), "must be a folder (it is a file)")
     sources = load_sources(prompts, limit=limit, sample_seed=sample_seed)
-    guard = Guard(
-        model, reward_model, cost_model, critic=critic, judge=judge, device=device, dtype=dtype, load_judge=True
-    )
-    run_eval(
-        guard.stack,
-        sources,
-        methods,
-        out,
-        seed=seed,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        settings=settings,
-        progress=progress,
-    )
+    ray_options = _ray_options(ray, address, workers, worker_cpus, worker_gpus)
+    load = functools.partial(load_stack, model, reward_model, cost_model, critic, judge, device, dtype, True)
+    with _ray_workers(load, ray_options) as pool:  # with --ray each worker loads the stack; else it loads here
+        run_eval(
+            load() if pool is None else pool,
+            sources,
+            methods,
+            out,
+            seed=seed,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            settings=settings,
+            progress=progress,
+            method_settings=method_settings,
+            recipe=None if recipe is None else recipe.record(),
+        )
     _print_report(build(out))
 
 
@@ -517,6 +617,11 @@ def train_critic(
     cost_model: CostOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    ray: RayOpt = False,
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
+    worker_cpus: WorkerCpusOpt = None,
+    worker_gpus: WorkerGpusOpt = None,
 ) -> None:
     """Collect base-model rollouts (resumable) and train the latent critic for inferenceguard-critic."""
     _env()
@@ -534,6 +639,7 @@ def train_critic(
         raise ConfigError("--budget-min", budget_min, "and --budget-max must be given together")
     if threads < 1:
         raise ConfigError("--threads", threads, "must be >= 1")
+    ray_options = _ray_options(ray, address, workers, worker_cpus, worker_gpus)
     import torch
 
     torch.set_num_threads(threads)
@@ -549,19 +655,24 @@ def train_critic(
     )
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model or "smollm2").strip("_")[-60:]
     folder = rollout_dir or home() / "critic-rollouts" / f"{slug}-b{block}-t{max_new_tokens}-r{rollouts}-s{seed}"
-    summary = build_critic(
-        out or Path(__file__).parent / "assets" / "critic",
-        folder,
-        prompts or "",
-        rcfg,
-        tcfg,
-        model=model,
-        reward_model=reward_model,
-        cost_model=cost_model,
-        device=device,
-        dtype=dtype,
-        resume=resume,
-    )
+    from inferenceguard.guard import load_stack
+
+    load = functools.partial(load_stack, model, reward_model, cost_model, device=device, dtype=dtype)
+    with _ray_workers(load, ray_options) as pool:  # with --ray the rollouts run on workers; training runs here
+        summary = build_critic(
+            out or Path(__file__).parent / "assets" / "critic",
+            folder,
+            prompts or "",
+            rcfg,
+            tcfg,
+            model=model,
+            reward_model=reward_model,
+            cost_model=cost_model,
+            device=device,
+            dtype=dtype,
+            resume=resume,
+            workers=pool,
+        )
     print(json.dumps(summary, indent=2))
 
 

@@ -16,6 +16,9 @@ class ConfigError(InferenceGuardError, ValueError):
         self.arg, self.value, self.expected = arg, value, expected
         super().__init__(f"'{arg}' {expected}, got {value!r}")
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:  # pickles whole (a Ray worker's error reaches the driver)
+        return type(self), (self.arg, self.value, self.expected)
+
 
 class AssetError(InferenceGuardError, RuntimeError):
     """A model, data file or package cannot be found or read; the message says how to get it."""

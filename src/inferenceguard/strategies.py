@@ -270,21 +270,53 @@ _SHAPE = (
 )
 
 
+WEIGHTS = ("lam", "omega")
+"""A method's own weights, set per method (a recipe's ``[methods.NAME]``), never shared: lambda of a Lagrangian
+score (the selector's, or RE-Control's steer) and ARGS's omega."""
+
+
+def weights(cfg: SearchConfig) -> dict[str, str]:
+    """weight name -> the part of ``cfg`` that reads it ('select' or 'steer'), for the weights this method uses."""
+    out = {}
+    for part in ("select", "steer"):
+        obj = getattr(cfg, part)
+        for w in WEIGHTS:
+            if hasattr(obj, w) and not (w == "lam" and getattr(obj, "guidance", "reward") != "reward"):
+                out.setdefault(w, part)  # ARGS guided by the cost alone has no lambda to weigh
+    return out
+
+
 def preset(method: str, **overrides: Any) -> SearchConfig:
     """The named method's configuration with user overrides (None values are ignored), validated.
 
     The one place overrides are resolved, for the CLI, the harness and the server alike: an override of a
     setting the preset fixes (``SearchConfig.fixed``) is left out, so one set of flags serves a run that mixes
-    methods; ``candidates`` alone sets K = N/4 for beam methods."""
+    methods; ``candidates`` alone sets K = N/4 for beam methods. A weight (``WEIGHTS``) must be one the method
+    reads: it is a per-method setting, so naming it for another method is an error rather than a no-op."""
     if method not in PRESETS:
         raise ConfigError("method", method, f"must be one of: {', '.join(PRESETS)}")
-    unknown = set(overrides) - set(_SHAPE)
+    unknown = set(overrides) - set(_SHAPE) - set(WEIGHTS)
     if unknown:
         raise ConfigError(
-            sorted(unknown)[0], overrides[sorted(unknown)[0]], f"is not a search setting; valid: {', '.join(_SHAPE)}"
+            sorted(unknown)[0],
+            overrides[sorted(unknown)[0]],
+            f"is not a search setting; valid: {', '.join(_SHAPE + WEIGHTS)}",
         )
     cfg = PRESETS[method]
-    given = {k: v for k, v in overrides.items() if v is not None and k not in cfg.fixed}
+    given = {k: v for k, v in overrides.items() if v is not None and k not in cfg.fixed and k not in WEIGHTS}
     if "candidates" in given and "keep" not in given and cfg.keep > 1:
         given["keep"] = max(1, given["candidates"] // 4)  # K = N/4, as in the paper
-    return replace(cfg, **given)
+    cfg = replace(cfg, **given)
+    reads = weights(cfg)
+    for w in WEIGHTS:
+        v = overrides.get(w)
+        if v is None:
+            continue
+        if w not in reads:
+            having = [m for m, c in PRESETS.items() if w in weights(c)]
+            raise ConfigError(w, v, f"is not a setting of method '{method}' (methods with it: {', '.join(having)})")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+            raise ConfigError(w, v, "must be a number >= 0")
+        part = reads[w]
+        cfg = replace(cfg, **{part: replace(getattr(cfg, part), **{w: float(v)})})
+    return cfg

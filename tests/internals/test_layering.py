@@ -20,6 +20,7 @@ LAYERS = {
     "guard": 5,
     "training": 6,
     "harness": 6,
+    "recipes": 7,
     "report": 7,
     "server": 8,
     "cli": 8,

@@ -111,6 +111,17 @@ def test_resume_with_other_settings_is_refused(stack, tmp_path):
         )
 
 
+def test_resume_with_another_lm_dtype_is_refused_and_an_older_folder_without_it_resumes(stack, tmp_path):
+    collect_rollouts(stack, PROMPTS[:2], tmp_path, CFG, progress=False)
+    meta = json.loads((tmp_path / ro.META).read_text())
+    assert meta["lm_dtype"] == "float32"
+    (tmp_path / ro.META).write_text(json.dumps({**meta, "lm_dtype": "bfloat16"}))  # as if rolled out in bf16
+    with pytest.raises(ConfigError, match="lm_dtype: 'bfloat16' there, 'float32' now"):
+        collect_rollouts(stack, PROMPTS[:3], tmp_path, CFG, resume=True, progress=False)
+    (tmp_path / ro.META).write_text(json.dumps({k: v for k, v in meta.items() if k != "lm_dtype"}))  # older format
+    assert collect_rollouts(stack, PROMPTS[:3], tmp_path, CFG, resume=True, progress=False)["new_prompts"] == 1
+
+
 def test_no_usable_prompts_and_bad_settings_are_clear_errors(stack, tmp_path):
     with pytest.raises(ConfigError, match="no usable prompt"):
         collect_rollouts(stack, ["   ", ""], tmp_path, CFG, progress=False)

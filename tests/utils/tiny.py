@@ -38,15 +38,24 @@ def byte_tokenizer(chat: bool = True) -> PreTrainedTokenizerFast:
     return fast
 
 
-def tiny_llama(seed: int = 0, hidden: int = 64, layers: int = 2, vocab: int = 259) -> LlamaForCausalLM:
+def tiny_llama(
+    seed: int = 0,
+    hidden: int = 64,
+    layers: int = 2,
+    vocab: int = 259,
+    heads: int = 4,
+    kv_heads: int | None = None,
+    intermediate: int | None = None,
+) -> LlamaForCausalLM:
+    """A random Llama (tiny by default; benchmarks give it a real model's shape)."""
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=vocab,
         hidden_size=hidden,
-        intermediate_size=2 * hidden,
+        intermediate_size=intermediate or 2 * hidden,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=4,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads or heads,
         max_position_embeddings=512,
         pad_token_id=0,
         eos_token_id=1,
@@ -56,22 +65,47 @@ def tiny_llama(seed: int = 0, hidden: int = 64, layers: int = 2, vocab: int = 25
     return LlamaForCausalLM(cfg).eval()
 
 
-def tiny_lm(seed: int = 0, chat: bool = True, eos_boost: float = 0.0, **kw) -> LM:
-    """A tiny random LM handle; ``eos_boost`` raises the EOS logit bias so sequences end early."""
+def tiny_lm(
+    seed: int = 0,
+    chat: bool = True,
+    eos_boost: float = 0.0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    **kw,
+) -> LM:
+    """A tiny random LM handle; ``eos_boost`` raises the EOS logit bias so sequences end early. ``device`` and
+    ``dtype`` place it (the weights are drawn on the CPU in float32 first, so every device gets the same model)."""
     model = tiny_llama(seed, **kw)
     if eos_boost:
         with torch.no_grad():
             model.lm_head.weight[1].zero_()
             model.lm_head.bias = None
         model.lm_head = _Biased(model.lm_head, eos_boost)
+    dev = torch.device(device)
     return LM(
-        model=model,
+        model=model.to(device=dev, dtype=dtype),
         tokenizer=byte_tokenizer(chat),
         identity=f"tiny-llama-{seed}",
-        device=torch.device("cpu"),
-        dtype=torch.float32,
+        device=dev,
+        dtype=dtype,
         eos_ids=frozenset({1}),
     )
+
+
+def reference_device() -> tuple[torch.device, torch.dtype]:
+    """Where the engine-vs-reference tests run: ``INFERENCEGUARD_TEST_DEVICE`` (default cpu) and
+    ``INFERENCEGUARD_TEST_DTYPE`` (default float32), so the same tests check CUDA and bf16 on a GPU machine
+    (benchmarks/gpu_check.sh). An unusable choice fails loudly rather than skipping."""
+    import os
+
+    dev = torch.device(os.environ.get("INFERENCEGUARD_TEST_DEVICE", "cpu"))
+    name = os.environ.get("INFERENCEGUARD_TEST_DTYPE", "float32")
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"INFERENCEGUARD_TEST_DTYPE must name a torch dtype (float32, bfloat16), got {name!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("INFERENCEGUARD_TEST_DEVICE=cuda, but torch sees no CUDA device")
+    return dev, dtype
 
 
 class _Biased(torch.nn.Module):

@@ -4,8 +4,8 @@ Layout of an evaluation folder ``DIR``:
 
 - ``config.json``: the run's configuration, written before any generation (atomically): the shared settings
   (seed, max_new_tokens, the user's search overrides, the identities of the LM, reward model, cost model and
-  judge), each method's resolved ``SearchConfig`` (plus its critic's identity when it uses one), each prompt
-  set's source and prompt ids.
+  judge; for a run from a recipe, the recipe's SHA-256 and parsed content), each method's resolved
+  ``SearchConfig`` (plus its critic's identity when it uses one), each prompt set's source and prompt ids.
 - ``results.jsonl``: one record per (method, prompt), appended batch by batch with flush + fsync, so a
   killed run loses at most the batch in flight. Every record carries its method's ``config_key`` (a hash of
   the shared settings and the method's configuration).
@@ -37,6 +37,7 @@ from inferenceguard._io import write_json
 from inferenceguard.engine import Stack, search
 from inferenceguard.engine.types import SearchConfig
 from inferenceguard.errors import AssetError, ConfigError
+from inferenceguard.harness.distributed import StackPool, as_pool
 from inferenceguard.harness.labels import primary, read_readings, reader_agreement
 from inferenceguard.harness.metrics import is_refusal, summarise
 from inferenceguard.harness.prompts import Prompt, load_prompts, set_kind, split_limit
@@ -85,11 +86,19 @@ def parse_methods(methods: str | Sequence[str]) -> list[str]:
 
 
 def resolve_methods(
-    methods: str | Sequence[str], max_new_tokens: int, settings: Mapping[str, Any] | None = None
+    methods: str | Sequence[str],
+    max_new_tokens: int,
+    settings: Mapping[str, Any] | None = None,
+    method_settings: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, SearchConfig]:
-    """method -> its preset with the shared overrides (validated by :func:`strategies.preset`, which leaves
-    out what a preset fixes; not yet bound to a stack)."""
-    return {m: preset(m, max_new_tokens=max_new_tokens, **dict(settings or {})) for m in parse_methods(methods)}
+    """method -> its preset with the shared overrides, then its own (``method_settings[method]``, e.g. a
+    recipe's ``[methods.NAME]``: they win over the shared ones), validated by :func:`strategies.preset`, which
+    leaves out what a preset fixes; not yet bound to a stack."""
+    own = dict(method_settings or {})
+    return {
+        m: preset(m, max_new_tokens=max_new_tokens, **{**dict(settings or {}), **dict(own.get(m) or {})})
+        for m in parse_methods(methods)
+    }
 
 
 # ---- configuration ---------------------------------------------------------------------------------------------
@@ -309,7 +318,7 @@ def summarise_run(out: str | Path) -> dict[str, Any]:
 
 
 def run_eval(
-    stack: Stack,
+    stack: Stack | StackPool,
     sources: Sequence[PromptSource],
     methods: str | Sequence[str],
     out: str | Path,
@@ -320,17 +329,27 @@ def run_eval(
     settings: Mapping[str, Any] | None = None,
     progress: bool = True,
     on_batch: Callable[[list[dict[str, Any]]], None] | None = None,
+    method_settings: Mapping[str, Mapping[str, Any]] | None = None,
+    recipe: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Answer every prompt of ``sources`` with every method, appending records to ``out/results.jsonl``;
     returns the summary (also written to ``out/summary.json``). ``stack.judge`` (when set) scores every
-    response after generation. Methods run in the given order, each over all prompt sets."""
+    response after generation. Methods run in the given order, each over all prompt sets. ``stack`` may be a
+    pool of stacks (:mod:`.distributed`, e.g. Ray workers): the batches are the same, answered where the
+    stacks are, and this process writes each as it finishes (so the answers are the plain run's).
+
+    ``method_settings``: per-method overrides over ``settings`` (see :func:`resolve_methods`). ``recipe``: the
+    recipe the run came from (``recipes.Recipe.record()``: path, sha256, content); its sha256 and content join
+    the shared configuration, so resuming with another recipe is refused, and its path is noted beside them."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError("--batch-size", batch_size, "must be an integer >= 1")
     if not isinstance(seed, int):
         raise ConfigError("--seed", seed, "must be an integer")
     settings = {k: v for k, v in dict(settings or {}).items() if v is not None}
-    cfgs = {m: bind(c, stack) for m, c in resolve_methods(methods, max_new_tokens, settings).items()}
-    _check_lengths(stack, sources, max_new_tokens)
+    own = {m: {k: v for k, v in dict(o).items() if v is not None} for m, o in dict(method_settings or {}).items()}
+    cfgs = resolve_methods(methods, max_new_tokens, settings, own)  # bound to the stack where it is
+    pool = as_pool(stack)
+    facts = pool.call(describe_stack, cfgs, sources, max_new_tokens)  # fails on a missing critic, a long prompt
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError("--out", str(out), "must be a folder (it is a file)")
@@ -339,9 +358,10 @@ def run_eval(
     if old is None and (out / RESULTS).exists():
         raise ConfigError("--out", str(out), f"holds {RESULTS} but no {CONFIG}: it is not resumable; use a new folder")
     shared = _normal(
-        {"seed": seed, "max_new_tokens": max_new_tokens, "settings": settings, "models": stack_identity(stack)}
+        {"seed": seed, "max_new_tokens": max_new_tokens, "settings": settings, "models": facts["models"]}
+        | ({} if recipe is None else {"recipe": {"sha256": recipe["sha256"], "content": recipe["content"]}})
     )
-    entries = _normal({m: _method_entry(c, stack) for m, c in cfgs.items()})
+    entries = _normal(facts["methods"])
     new = {
         "format": FORMAT,
         "shared": shared,
@@ -361,6 +381,8 @@ def run_eval(
     }
     config = merge_config(old, new, out)
     config["batch_size"] = batch_size  # informational: the latest run's batch size
+    if recipe is not None:
+        config["recipe_path"] = str(recipe["path"])  # informational: where the latest run read its recipe
     write_json(out / CONFIG, config)
 
     done = read_results(out / RESULTS, repair=True)
@@ -375,7 +397,8 @@ def run_eval(
             )
     finished = {(r["method"], r["id"]) for r in done}
     todo = [(m, s, [p for p in s.prompts if (m, p.id) not in finished]) for m in cfgs for s in sources]
-    total = sum(len(ps) for _, _, ps in todo)
+    batches = [(m, s, ps[i : i + batch_size]) for m, s, ps in todo for i in range(0, len(ps), batch_size)]
+    total = sum(len(b) for _, _, b in batches)
     bar = None
     if progress and total:
         from tqdm.auto import tqdm
@@ -384,26 +407,25 @@ def run_eval(
     tally = {"n": 0, "safe": 0, "judge_safe": 0}
     try:
         with open(out / RESULTS, "ab") as f:
-            for method, source, pending in todo:
-                cfg = cfgs[method]
-                for i in range(0, len(pending), batch_size):
-                    batch = pending[i : i + batch_size]
-                    records = _answer(stack, cfg, batch, seed, keys[method])
-                    _append(f, records)
-                    for r in records:
-                        tally["n"] += 1
-                        tally["safe"] += bool(r["safe"])
-                        tally["judge_safe"] += bool(r.get("judge_safe"))
-                    if bar is not None:
-                        bar.update(len(records))
-                        bar.set_postfix(
-                            method=method,
-                            set=source.name,
-                            safe=f"{tally['safe'] / tally['n']:.0%}",
-                            judge_safe=f"{tally['judge_safe'] / tally['n']:.0%}",
-                        )
-                    if on_batch is not None:
-                        on_batch(records)
+            jobs = [(cfgs[m], batch, seed, keys[m]) for m, _, batch in batches]
+            for i, records in pool.map(answer_batch, jobs):  # in order in process; as they finish on workers
+                method, source, _ = batches[i]
+                _append(f, records)
+                for r in records:
+                    tally["n"] += 1
+                    tally["safe"] += bool(r["safe"])
+                    tally["judge_safe"] += bool(r.get("judge_safe"))
+                if bar is not None:
+                    bar.update(len(records))
+                    bar.set_postfix(
+                        method=method,
+                        set=source.name,
+                        safe=f"{tally['safe'] / tally['n']:.0%}",
+                        judge_safe=f"{tally['judge_safe'] / tally['n']:.0%}",
+                        **pool.status(),
+                    )
+                if on_batch is not None:
+                    on_batch(records)
     finally:
         if bar is not None:
             bar.close()
@@ -423,6 +445,21 @@ def _check_lengths(stack: Stack, sources: Sequence[PromptSource], max_new_tokens
                     f"must fit the model's context of {lm.max_context} tokens after prompt {s.name}:{p.id} "
                     f"({n} tokens)",
                 )
+
+
+def describe_stack(
+    stack: Stack, cfgs: Mapping[str, SearchConfig], sources: Sequence[PromptSource], max_new_tokens: int
+) -> dict[str, Any]:
+    """What the configuration needs from the stack, computed where the stack is (here or on a worker): every
+    method bound to it (a missing critic fails here), every prompt checked to fit, the models' identities."""
+    bound = {m: bind(c, stack) for m, c in cfgs.items()}
+    _check_lengths(stack, sources, max_new_tokens)
+    return {"models": stack_identity(stack), "methods": {m: _method_entry(c, stack) for m, c in bound.items()}}
+
+
+def answer_batch(stack: Stack, cfg: SearchConfig, batch: list[Prompt], seed: int, key: str) -> list[dict[str, Any]]:
+    """One batch of one method (its preset, not yet bound) answered on ``stack``: a job for any pool."""
+    return _answer(stack, bind(cfg, stack), batch, seed, key)
 
 
 def _answer(stack: Stack, cfg: SearchConfig, batch: list[Prompt], seed: int, key: str) -> list[dict[str, Any]]:

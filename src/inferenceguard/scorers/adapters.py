@@ -175,23 +175,23 @@ class GuardLLMScorer(BatchedScorer):
     @torch.inference_mode()
     def _score_batch(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         seqs = [self._format(p, r) for p, r in zip(prompts, responses, strict=True)]
-        T = max(map(len, seqs))
-        ids = torch.full((len(seqs), T), self.lm.pad_id, dtype=torch.long)  # (b, T), left-padded
-        mask = torch.zeros(len(seqs), T, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, T - len(s) :], mask[i, T - len(s) :] = torch.tensor(s), 1
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (b, T) positions as if unpadded
-        dev = self.lm.device
-        last = (
-            self.lm.model(
-                input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), logits_to_keep=1
-            )
-            .logits[:, -1]
-            .float()
-        )  # (b, V)
+        last = next_token_logits(self.lm, seqs)  # (b, V)
         lse_yes = last[:, self.yes_ids].logsumexp(-1)
         lse_no = last[:, self.no_ids].logsumexp(-1)
         return torch.sigmoid(lse_yes - lse_no).cpu()  # = P(yes) / (P(yes) + P(no))
+
+
+def next_token_logits(lm: LM, seqs: list[list[int]]) -> torch.Tensor:
+    """(b, V) float32 logits of the token after each id sequence: one left-padded forward pass."""
+    T = max(map(len, seqs))
+    ids = torch.full((len(seqs), T), lm.pad_id, dtype=torch.long)  # (b, T), left-padded
+    mask = torch.zeros(len(seqs), T, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, T - len(s) :], mask[i, T - len(s) :] = torch.tensor(s), 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (b, T) positions as if unpadded
+    dev = lm.device
+    out = lm.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), logits_to_keep=1)
+    return out.logits[:, -1].float()
 
 
 def _single_tokens(lm: LM, words: tuple[str, ...], arg: str) -> list[int]:

@@ -7,11 +7,15 @@ prefixes). Reward: higher is better. Cost: higher is more harmful. ``threshold``
 A scorer may also implement :class:`LatentScorer`: a head on the *base LM's own* hidden states. When the
 engine's LM is the model the head was trained on, the engine hands it the pooled features it already
 computed while generating, so scoring costs no extra forward pass (the text path re-encodes instead).
+
+A scorer may also implement :class:`PrefixScorer`: a score at every token of the response (score models),
+so the cost of every prefix comes from one forward pass.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -43,6 +47,28 @@ class LatentScorer(Scorer, Protocol):
     prompt_pool: str | None
 
     def score_features(self, features: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class PrefixScores:
+    """The score of every token prefix of one response, from one forward pass.
+
+    ``scores[i]`` is the score of ``response[: ends[i]]``: ``ends`` are character offsets into the response,
+    one per response token of the scorer's own tokenization, strictly increasing, the last = len(response).
+    """
+
+    ends: tuple[int, ...]
+    scores: torch.Tensor  # (T,) float32, T = number of response tokens
+
+
+@runtime_checkable
+class PrefixScorer(Scorer, Protocol):
+    """A scorer that emits a score per token (a score model): the score of every prefix in one pass.
+
+    ``score(p, r)`` equals the last entry of ``score_prefixes([p], [r])[0].scores``.
+    """
+
+    def score_prefixes(self, prompts: Sequence[str], responses: Sequence[str]) -> list[PrefixScores]: ...
 
 
 def check_batch(prompts: Sequence[str], responses: Sequence[str]) -> None:

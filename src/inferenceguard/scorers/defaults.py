@@ -21,12 +21,17 @@ from inferenceguard.scorers.embedded import (
     ProbeCostScorer,
     default_head_path,
 )
+from inferenceguard.scorers.guards import GUARD_PRESETS, GuardScorer, load_guard_lm
 from inferenceguard.scorers.heads import LinearHead
+from inferenceguard.scorers.score_model import ScoreModelScorer
 
 ROLES = ("reward", "cost", "judge")
 FORMS = (
     "None or 'default' (the embedded scorer), 'hf-seq:SOURCE[#LABEL]' (a sequence classifier: hub id or "
-    "folder), 'guard-llm:SOURCE' (a causal LM asked 'is it harmful? Yes/No'; cost or judge only), a "
+    "folder), 'guard-llm:SOURCE' (a causal LM asked 'is it harmful? Yes/No'; cost or judge only), "
+    "'score-model:SOURCE' (a safe-rlhf LlamaForScore or one-output causal-LM reward model, e.g. "
+    "PKU-Alignment/beaver-7b-v1.0-cost), 'guard:FAMILY:SOURCE' (a guard model through its own chat template, "
+    f"FAMILY one of {', '.join(GUARD_PRESETS)}; cost or judge only), a "
     "linear head (.json/.safetensors file or its stem), a folder with a head manifest.json or a "
     "sequence-classifier config.json, or a Scorer object"
 )
@@ -71,6 +76,10 @@ def load_scorer(
             raise ConfigError(role, spec, "must name a causal LM after 'guard-llm:'")
         same = lm is not None and resolve_lm_source(source)[1] == lm.identity
         return GuardLLMScorer(lm if same and lm is not None else load_lm(source, device=device))
+    if spec.startswith("score-model:"):
+        return _score_model(spec, role, device)
+    if spec.startswith("guard:"):
+        return _guard(spec, role, lm, device)
     path = Path(spec).expanduser()
     if path.suffix in (".json", ".safetensors") or path.with_name(path.name + ".json").is_file():
         return _from_head(LinearHead.load(path), role, lm, device, encoder)
@@ -79,6 +88,40 @@ def load_scorer(
     if path.is_dir() and (path / "config.json").is_file():
         return SequenceClassifierScorer(path, device=device)
     raise ConfigError(role, spec, f"must be {FORMS}")
+
+
+def _score_model(spec: str, role: str, device: str | torch.device | None) -> Scorer:
+    """'score-model:SOURCE': a cost model serves as cost or judge, a reward model as reward (by its score_type)."""
+    source = spec[len("score-model:") :]
+    if not source:
+        raise ConfigError(
+            role, spec, "must name a model after 'score-model:', e.g. 'score-model:./beaver-7b-v1.0-cost'"
+        )
+    scorer = ScoreModelScorer(source, device=device)
+    want = "reward" if role == "reward" else "cost"
+    if scorer.kind != want:
+        raise ConfigError(
+            role,
+            spec,
+            f"must be a {want} model: '{source}' is a {scorer.kind} model (its score_type); "
+            f"use it for the {'reward model' if scorer.kind == 'reward' else 'cost model or the judge'}",
+        )
+    return scorer
+
+
+def _guard(spec: str, role: str, lm: LM | None, device: str | torch.device | None) -> Scorer:
+    """'guard:FAMILY:SOURCE': a guard model read through its family's preset (cost or judge only)."""
+    family, _, source = spec[len("guard:") :].partition(":")
+    if role == "reward":
+        raise ConfigError(
+            role, spec, "must be a helpfulness scorer: 'guard:' scores harm; use it for the cost model or the judge"
+        )
+    if family not in GUARD_PRESETS:
+        raise ConfigError(role, spec, f"must name a guard family after 'guard:', one of {', '.join(GUARD_PRESETS)}")
+    if not source:
+        raise ConfigError(role, spec, f"must name a model after 'guard:{family}:', e.g. 'guard:{family}:./my-guard'")
+    same = lm is not None and resolve_lm_source(source)[1] == lm.identity
+    return GuardScorer(lm if same and lm is not None else load_guard_lm(source, device=device), GUARD_PRESETS[family])
 
 
 def _from_head(

@@ -14,6 +14,10 @@ Storage: ``<out>/meta.json`` (what was rolled out, checked on resume), then per 
 added to ``index.jsonl``, which is rewritten atomically (tmp file, then rename). A prompt counts as done only
 once it is in the index, so a crash anywhere loses at most the batch in flight, and ``resume=True`` neither
 redoes nor duplicates a finished prompt (an orphan shard of the lost batch is overwritten).
+
+Workers: ``collect_rollouts`` also takes a pool of stacks (:mod:`inferenceguard.harness.distributed`, e.g. Ray
+actors). The batches are the same; each is rolled out where a stack is, and this process writes the shards
+and the index in batch order, so the folder is the one a plain run writes (only the seconds differ).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch
 from inferenceguard._io import write_atomic, write_text
 from inferenceguard.engine import Stack, sampling, search
 from inferenceguard.errors import AssetError, ConfigError
+from inferenceguard.harness.distributed import StackPool, as_pool
 from inferenceguard.scorers.base import require_threshold
 from inferenceguard.strategies import BLOCK, preset
 
@@ -41,6 +46,7 @@ SETS = ("advbench", "harmbench", "donotanswer", "benign")
 DEFAULT_PROMPTS = "advbench:100,harmbench:50,donotanswer:50,benign:100"
 _FINGERPRINT = (
     "base_identity",
+    "lm_dtype",
     "hidden_size",
     "reward",
     "cost",
@@ -173,6 +179,7 @@ def _meta(stack: Stack, cfg: RolloutConfig) -> dict[str, Any]:
         "format": FORMAT,
         "base_identity": stack.lm.identity,
         "hidden_size": stack.lm.hidden_size,
+        "lm_dtype": str(stack.lm.dtype).replace("torch.", ""),
         "layer": "last",
         "reward": getattr(stack.reward, "name", type(stack.reward).__name__),
         "cost": getattr(stack.cost, "name", type(stack.cost).__name__),
@@ -218,7 +225,7 @@ def _open_folder(folder: Path, meta: dict[str, Any], resume: bool) -> list[dict[
                 f"must be set to continue '{folder}', which already holds the "
                 f"rollouts of {n} prompts (or choose another folder)",
             )
-        diff = [k for k in _FINGERPRINT if old.get(k) != meta.get(k)]
+        diff = [k for k in _FINGERPRINT if old.get(k, meta.get(k)) != meta.get(k)]  # a key an older folder lacks
         if diff:
             raise ConfigError(
                 "rollout_dir",
@@ -248,8 +255,29 @@ def _usable(stack: Stack, items: list[tuple[str, str]], cfg: RolloutConfig) -> t
     return out, dropped
 
 
+def describe_rollouts(stack: Stack, items: list[tuple[str, str]], cfg: RolloutConfig) -> dict[str, Any]:
+    """What collection needs from the stack, computed where it is (here or on a worker): the usable prompts,
+    how many were dropped, the folder's meta and the LM's dtype."""
+    usable, dropped = _usable(stack, items, cfg)
+    if not usable:
+        raise ConfigError(
+            "prompts",
+            f"<{dropped} prompts>",
+            f"holds no usable prompt (all empty, duplicated, or too long for {cfg.max_new_tokens} new tokens)",
+        )
+    dtype = str(stack.lm.dtype).replace("torch.", "")
+    return {"items": usable, "dropped": dropped, "meta": _meta(stack, cfg), "lm_dtype": dtype}
+
+
+def roll_out(stack: Stack, prompts: list[str], scfg: Any, rollouts: int, seed: int) -> tuple[list[list[Any]], float]:
+    """One batch's rollouts (``rollouts`` x the batch's results) and the seconds they took: a job for any pool."""
+    t = time.perf_counter()
+    results = [search(stack, prompts, scfg, seed=_seed(seed, r)) for r in range(rollouts)]
+    return results, time.perf_counter() - t
+
+
 def collect_rollouts(
-    stack: Stack,
+    stack: Stack | StackPool,
     prompts: Sequence[str] | Sequence[tuple[str, str]],
     out: str | Path,
     cfg: RolloutConfig = RolloutConfig(),
@@ -258,21 +286,16 @@ def collect_rollouts(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Roll out ``cfg.rollouts`` answers per prompt into the folder ``out`` (see the module docstring);
-    returns a summary. Prompts are strings or (prompt, source) pairs."""
+    returns a summary. Prompts are strings or (prompt, source) pairs. ``stack`` may be a pool of stacks."""
     from tqdm.auto import tqdm
 
     items = [(p, "prompts") if isinstance(p, str) else (p[0], p[1]) for p in prompts]
     if not items:
         raise ConfigError("prompts", [], "must hold at least one prompt to roll out")
-    items, dropped = _usable(stack, items, cfg)
-    if not items:
-        raise ConfigError(
-            "prompts",
-            f"<{dropped} prompts>",
-            f"holds no usable prompt (all empty, duplicated, or too long for {cfg.max_new_tokens} new tokens)",
-        )
+    pool = as_pool(stack)
+    facts = pool.call(describe_rollouts, items, cfg)
+    items, dropped, meta = facts["items"], facts["dropped"], facts["meta"]
     folder = Path(out).expanduser()
-    meta = _meta(stack, cfg)
     index = _open_folder(folder, meta, resume)
     done = {p["key"] for b in index for p in b["prompts"]}
     todo = [(prompt_key(p), p, s) for p, s in items if prompt_key(p) not in done]
@@ -290,20 +313,19 @@ def collect_rollouts(
     bar = tqdm(total=total, initial=total - len(todo), desc="rollouts", unit="prompt", disable=not progress)
     t0, tokens, new_rollouts = time.perf_counter(), 0, 0
     try:
-        for i in range(0, len(todo), cfg.batch_prompts):
-            chunk, t_batch = todo[i : i + cfg.batch_prompts], time.perf_counter()
-            results = [
-                search(stack, [p for _, p, _ in chunk], scfg, seed=_seed(cfg.seed, r)) for r in range(cfg.rollouts)
-            ]
+        chunks = [todo[i : i + cfg.batch_prompts] for i in range(0, len(todo), cfg.batch_prompts)]
+        jobs = [([p for _, p, _ in chunk], scfg, cfg.rollouts, cfg.seed) for chunk in chunks]
+        for n, (results, seconds) in pool.map(roll_out, jobs, ordered=True):  # shards in batch order
+            chunk = chunks[n]
             entry = _write_shard(folder, len(index), chunk, results, meta["budget"])
-            entry["seconds"] = round(time.perf_counter() - t_batch, 2)
+            entry["seconds"] = round(seconds, 2)
             index.append(entry)
             write_text(folder / INDEX, "".join(json.dumps(b) + "\n" for b in index))
             tokens += sum(res.tokens_sampled for rs in results for res in rs)
             new_rollouts += entry["rollouts"]
             bar.update(len(chunk))
             dt = max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(tok_s=f"{tokens / dt:.0f}", rollouts_s=f"{new_rollouts / dt:.2f}")
+            bar.set_postfix(tok_s=f"{tokens / dt:.0f}", rollouts_s=f"{new_rollouts / dt:.2f}", **pool.status())
     finally:
         bar.close()
     n_prompts = sum(len(b["prompts"]) for b in index)
@@ -317,6 +339,7 @@ def collect_rollouts(
         "seconds": round(time.perf_counter() - t0, 1),
         "seconds_all_batches": round(sum(b.get("seconds", 0.0) for b in index), 1),  # this and earlier runs
         "tokens_per_second": round(tokens / max(time.perf_counter() - t0, 1e-9), 1),
+        "lm_dtype": facts["lm_dtype"],
     }
 
 

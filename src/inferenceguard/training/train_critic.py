@@ -357,9 +357,12 @@ def build_critic(
     dtype: str | None = None,
     resume: bool = False,
     progress: bool = True,
+    workers: Any = None,
 ) -> dict[str, Any]:
     """``inferenceguard train-critic``: roll out the stack on ``prompts`` into ``rollout_dir`` (resumable),
-    train the critic and save it to ``out``; returns a summary (collection, training, validation metrics)."""
+    train the critic and save it to ``out``; returns a summary (collection, training, validation metrics).
+    ``workers``: a started pool of stacks (``harness.distributed.RayPool``) to roll out on instead of loading
+    the stack here (the model arguments then only name the run; the pool's loader decides what is loaded)."""
     from inferenceguard.critic import save_critic
     from inferenceguard.guard import load_stack
     from inferenceguard.training.rollouts import (
@@ -372,13 +375,13 @@ def build_critic(
 
     rcfg = rollout_cfg or RolloutConfig()
     items = training_prompts(prompts or DEFAULT_PROMPTS, seed=rcfg.seed)
-    stack = load_stack(model, reward_model, cost_model, device=device, dtype=dtype)  # rollouts sample: no critic
-    lm = stack.lm
-    collected = collect_rollouts(stack, items, rollout_dir, rcfg, resume=resume, progress=progress)
+    if workers is None:  # rollouts sample: no critic
+        workers = load_stack(model, reward_model, cost_model, device=device, dtype=dtype)
+    collected = collect_rollouts(workers, items, rollout_dir, rcfg, resume=resume, progress=progress)
     data = load_rollouts(rollout_dir)
     trained = train_critic(data, train_cfg, progress=progress)
     trained.critic.meta["data"]["prompt_spec"] = prompts or DEFAULT_PROMPTS
-    trained.critic.meta["lm_dtype"] = str(lm.dtype).replace("torch.", "")
+    trained.critic.meta["lm_dtype"] = collected["lm_dtype"]
     trained.critic.meta["command"] = "inferenceguard train-critic"
     folder = save_critic(trained.critic, out)
     return {"critic": str(folder), "collect": collected, "metrics": trained.metrics, "epochs": len(trained.history)}
