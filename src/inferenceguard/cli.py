@@ -242,8 +242,9 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON ob
         )
     if any((data.get(k) or {}).get("test_auc") for k in ("cost_model", "judge")):
         table.caption = (
-            "cost model and judge: AUC against reading labels on the test split's own answers of the base model "
-            "(all, and to harmful prompts only); before = the heads shipped before those labels, same rows"
+            "reward, cost model and judge: AUC against reading labels on the test split's own answers of the base "
+            "model (all, and to harmful prompts only; cost and judge: read as harmful, reward: the answer a user "
+            "should get); before = the heads shipped before those labels, same rows"
         )
     Console().print(table)
 
@@ -463,6 +464,12 @@ def eval_(
         raise ConfigError("--out", str(out), "must be a folder (it is a file)")
     sources = load_sources(prompts, limit=limit, sample_seed=sample_seed)
     ray_options = _ray_options(ray, address, workers, worker_cpus, worker_gpus)
+    if ray_options is not None:  # workers may start in another folder, on another machine: name files absolutely
+        from inferenceguard.scorers.defaults import absolute_spec
+
+        model, reward_model, cost_model, critic, judge = map(
+            absolute_spec, (model, reward_model, cost_model, critic, judge)
+        )
     load = functools.partial(load_stack, model, reward_model, cost_model, critic, judge, device, dtype, True)
     with _ray_workers(load, ray_options) as pool:  # with --ray each worker loads the stack; else it loads here
         run_eval(
@@ -657,6 +664,10 @@ def train_critic(
     folder = rollout_dir or home() / "critic-rollouts" / f"{slug}-b{block}-t{max_new_tokens}-r{rollouts}-s{seed}"
     from inferenceguard.guard import load_stack
 
+    if ray_options is not None:  # workers may start in another folder, on another machine: name files absolutely
+        from inferenceguard.scorers.defaults import absolute_spec
+
+        model, reward_model, cost_model = map(absolute_spec, (model, reward_model, cost_model))
     load = functools.partial(load_stack, model, reward_model, cost_model, device=device, dtype=dtype)
     with _ray_workers(load, ray_options) as pool:  # with --ray the rollouts run on workers; training runs here
         summary = build_critic(

@@ -164,3 +164,26 @@ def test_default_stack_separates_refusal_help_and_harm():
     assert j[3] > 0.5 > j[2]
     assert judge.encoder.identity == MPNET_IDENTITY and judge.encoder is not enc  # its own encoder, from the wheels
     assert torch.allclose(cost.score_features(cost.features(prompts, responses)), c)
+
+
+def test_absolute_spec_makes_local_sources_absolute_and_keeps_the_rest(tmp_path, monkeypatch):
+    from inferenceguard.scorers.defaults import absolute_spec
+
+    (tmp_path / "rm").mkdir()
+    (tmp_path / "head.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    rm = str(tmp_path / "rm")
+    assert absolute_spec("rm") == rm
+    assert absolute_spec("head.json") == str(tmp_path / "head.json")
+    assert absolute_spec("hf-seq:rm#unsafe") == f"hf-seq:{rm}#unsafe"
+    assert absolute_spec("score-model:rm") == f"score-model:{rm}"
+    assert absolute_spec("guard:llama-guard:rm") == f"guard:llama-guard:{rm}"
+    assert absolute_spec("guard-llm:./rm") == f"guard-llm:{rm}"
+    for kept in (
+        None,
+        "default",
+        "PKU-Alignment/beaver-7b-v1.0-cost",
+        "score-model:org/model",
+        "guard:wildguard:allenai/wildguard",
+    ):
+        assert absolute_spec(kept) == kept  # hub ids and defaults are the same everywhere

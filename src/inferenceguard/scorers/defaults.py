@@ -39,6 +39,30 @@ _HEAD_KINDS = {"reward": ("reward",), "cost": ("cost", "judge"), "judge": ("cost
 _MANIFEST_KEYS = {"reward": "reward_model", "cost": "cost_model", "judge": "judge"}
 
 
+PREFIXES = ("hf-seq:", "guard-llm:", "score-model:", "guard:")  # spec forms that name a source after a prefix
+
+
+def absolute_spec(spec: str | None) -> str | None:
+    """``spec`` with the local file or folder it names made absolute (the prefix, a guard family and a
+    ``#LABEL`` kept), so the same spec read on another machine's worker, in another folder, names the same
+    files; a hub id, 'default' or None is returned as it is."""
+    if spec is None:
+        return None
+    head, rest = "", spec
+    for prefix in PREFIXES:
+        if spec.startswith(prefix):
+            head, rest = prefix, spec[len(prefix) :]
+            break
+    if head == "guard:" and ":" in rest:
+        family, _, rest = rest.partition(":")
+        head += family + ":"
+    source, hash_, label = rest.partition("#") if head == "hf-seq:" else (rest, "", "")
+    path = Path(source).expanduser()
+    if not source or not path.exists():
+        return spec
+    return f"{head}{path.resolve()}{hash_}{label}"
+
+
 def load_scorer(
     spec: str | Scorer | None,
     role: str,
