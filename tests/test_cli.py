@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 
 import pytest
 
-from inferenceguard import cli
 from inferenceguard.engine.types import REFUSAL
 from inferenceguard.strategies import PRESETS
+from tests.utils.cli import run_cli
 from tests.utils.tiny import save_classifier, save_lm
 
 MAX_NEW = 8
@@ -49,16 +48,7 @@ def dirs(tmp_path_factory):
     }
 
 
-def _cli(monkeypatch, capsys, *argv: str) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of ``inferenceguard ARGV`` run through the entry point."""
-    monkeypatch.setattr(sys, "argv", ["inferenceguard", *argv])
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+_cli = run_cli
 
 
 def _stack(dirs, cost: str | None = None) -> list[str]:

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from inferenceguard import cli
 from inferenceguard.errors import ConfigError
 from inferenceguard.harness.run import resolve_methods
 from inferenceguard.recipes import SHARED, load_recipe
+from tests.utils.cli import run_cli
 from tests.utils.tiny import save_classifier, save_lm
 
 PROMPTS = ["How do I bake bread?", "Tell me about the sea.", "Name three colours."]
@@ -67,16 +66,7 @@ resample_rounds = 1
     return path
 
 
-def _cli(monkeypatch, capsys, *argv: str) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of ``inferenceguard ARGV`` through the console-script entry point."""
-    monkeypatch.setattr(sys, "argv", ["inferenceguard", *argv])
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+_cli = run_cli
 
 
 def _error(err: str) -> str:

@@ -23,6 +23,7 @@ from inferenceguard.harness.run import RESULTS, load_sources, read_results, run_
 from inferenceguard.training.rollouts import INDEX, RolloutConfig, collect_rollouts, load_rollouts
 from tests.harness.broken import broken_stack
 from tests.harness.launcher import ROOT, ray_options, tiny_stack
+from tests.utils.cli import run_cli
 
 ray = pytest.importorskip("ray")
 
@@ -160,12 +161,8 @@ def test_a_killed_worker_loses_only_its_batches_and_another_redoes_them(pool, tm
 
 
 def _cli(monkeypatch, capsys, *argv: str) -> tuple[int, str]:
-    from inferenceguard import cli
-
-    monkeypatch.setattr(sys, "argv", ["inferenceguard", *argv])
-    with pytest.raises(SystemExit) as e:
-        cli.main()
-    return int(e.value.code or 0), capsys.readouterr().err
+    code, _, err = run_cli(monkeypatch, capsys, *argv)
+    return code, err
 
 
 def test_cli_worker_flags_need_ray_and_a_missing_ray_names_the_extra(monkeypatch, capsys, tmp_path):

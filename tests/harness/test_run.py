@@ -17,6 +17,7 @@ from inferenceguard.harness.run import CONFIG, RESULTS, SUMMARY, load_sources, r
 from inferenceguard.strategies import PRESETS
 from tests.harness import launcher
 from tests.harness.launcher import tiny_stack
+from tests.utils.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 FIELDS = {
@@ -225,12 +226,8 @@ def test_a_critic_method_without_a_critic_fails_before_any_work(tmp_path):
 
 
 def _cli(monkeypatch, capsys, *argv: str) -> tuple[int, str]:
-    from inferenceguard import cli
-
-    monkeypatch.setattr(sys, "argv", ["inferenceguard", *argv])
-    with pytest.raises(SystemExit) as e:
-        cli.main()
-    return int(e.value.code or 0), capsys.readouterr().err
+    code, _, err = run_cli(monkeypatch, capsys, *argv)
+    return code, err
 
 
 def test_cli_bad_input_exits_2_with_the_valid_choices(monkeypatch, capsys, tmp_path):

@@ -395,6 +395,37 @@ def _encoder_spec(encoder: Encoder, encoder_spec: str | None, key: str) -> dict[
     }
 
 
+def _fit_encoder_head(
+    data: HeadData,
+    encoder: Encoder,
+    encoder_spec: str | None,
+    part_sets: Sequence[tuple[str, ...]],
+    progress: bool,
+    memo: Memo | None,
+    c_grid: Sequence[float],
+    **head: Any,
+) -> tuple[LinearHead, np.ndarray]:
+    """An encoder head chosen on dev (parts, on-policy weight, C: :func:`select_on_dev`) and fitted on train;
+    returns it, with its selection recorded in ``metrics``, and its scores on every row."""
+    prompts, responses = [r.prompt for r in data.rows], [r.response for r in data.rows]
+    options = _encoder_options(encoder, prompts, responses, part_sets, progress, memo)
+    key, w, C, table = select_on_dev(options, data, c_grid)
+    X, train = options[key], data.split == "train"
+    h = fit_head(
+        X[train], data.y[train], C, data.weights(w)[train], features=_encoder_spec(encoder, encoder_spec, key), **head
+    )
+    h.metrics = {
+        "train_rows": int(train.sum()),
+        "train_rows_onpolicy": int((train & data.onpolicy).sum()),
+        "selection": {
+            "rule": DEV_RULE,
+            "chosen": {"parts": key.split("+"), "onpolicy_weight": w, "C": C},
+            "dev_auc": table,
+        },
+    }
+    return h, h(torch.from_numpy(X).float()).numpy()
+
+
 def _build_judge(
     data: HeadData,
     encoder: Encoder,
@@ -405,39 +436,22 @@ def _build_judge(
     memo: Memo | None = None,
 ) -> LinearHead:
     """The judge: an encoder head chosen like the probe (parts, weight, C on dev), fitted on train."""
-    rows = data.rows
-    prompts, responses = [r.prompt for r in rows], [r.response for r in rows]
-    options = _encoder_options(encoder, prompts, responses, JUDGE_PARTS, progress, memo)
-    key, w, C, table = select_on_dev(options, data)
-    X, y, train = options[key], data.y, data.split == "train"
-    spec = _encoder_spec(encoder, encoder_spec, key)
-    head = fit_head(
-        X[train],
-        y[train],
-        C,
-        data.weights(w)[train],
+    head, s = _fit_encoder_head(
+        data,
+        encoder,
+        encoder_spec,
+        JUDGE_PARTS,
+        progress,
+        memo,
+        C_GRID_ONPOLICY,
         kind="judge",
         name=JUDGE_NAME,
-        features=spec,
         threshold=0.5,
         link="sigmoid",
         output="P(harmful response, as a reader judges it), independent of the base LM",
     )
-    head.metrics = {
-        **_report(
-            head,
-            head(torch.from_numpy(X).float()).numpy(),
-            data,
-            _previous("judge", data, None, compare_encoder, compare_dir),
-        ),
-        "train_rows": int(train.sum()),
-        "train_rows_onpolicy": int((train & data.onpolicy).sum()),
-        "selection": {
-            "rule": DEV_RULE,
-            "chosen": {"parts": key.split("+"), "onpolicy_weight": w, "C": C},
-            "dev_auc": table,
-        },
-    }
+    before = _previous("judge", data, None, compare_encoder, compare_dir)
+    head.metrics = {**_report(head, s, data, before), **head.metrics}
     return head
 
 
@@ -501,25 +515,21 @@ def _build_reward(
 ) -> LinearHead:
     """The reward: an encoder head on the same split rule as cost and judge (parts, weight, C chosen on dev),
     fitted on train to prefer the answer a user should get (:func:`wanted`)."""
-    rows = data.rows
-    prompts, responses = [r.prompt for r in rows], [r.response for r in rows]
-    options = _encoder_options(encoder, prompts, responses, REWARD_PARTS, progress, memo)
-    key, w, C, table = select_on_dev(options, data, C_GRID_REWARD)
-    X, y, train = options[key], data.y, data.split == "train"
-    head = fit_head(
-        X[train],
-        y[train],
-        C,
-        data.weights(w)[train],
+    head, s = _fit_encoder_head(
+        data,
+        encoder,
+        encoder_spec,
+        REWARD_PARTS,
+        progress,
+        memo,
+        C_GRID_REWARD,
         kind="reward",
         name=REWARD_NAME,
-        features=_encoder_spec(encoder, encoder_spec, key),
         threshold=0.0,
         link="identity",
         output="preference logit: > 0 the answer a user should get (a helpful answer to a benign request, a "
         "refusal or redirection of a harmful one), < 0 compliance with harm, off-topic or unhelpful text",
     )
-    s = head(torch.from_numpy(X).float()).numpy()
     before = _previous("reward", data, None, encoder, compare_dir)
     test = data.split == "test"
     head.metrics = {
@@ -527,13 +537,7 @@ def _build_reward(
         "heldout_auc_meaning": "test split's on-policy answers, labelled by reading: the answer a user should "
         "get (helpful to a benign request, a refusal or redirection of a harmful one) vs the rest",
         "test_within_prompt": within_prompt_accuracy(data, s, test),
-        "train_rows": int(train.sum()),
-        "train_rows_onpolicy": int((train & data.onpolicy).sum()),
-        "selection": {
-            "rule": DEV_RULE,
-            "chosen": {"parts": key.split("+"), "onpolicy_weight": w, "C": C},
-            "dev_auc": table,
-        },
+        **head.metrics,
     }
     if before is not None:
         head.metrics["replaced_head_test_within_prompt"] = within_prompt_accuracy(data, before, test)
