@@ -353,7 +353,7 @@ def build_scorers(
     """Rebuild the embedded reward model, cost model and judge heads from the packaged labelled data (the
     packaged human labels and the on-policy reading labels, assets/labels/onpolicy-v*.jsonl)."""
     _env()
-    from inferenceguard.training.heads import JUDGE_ENCODER, build_default_heads
+    from inferenceguard.training.build_scorers import JUDGE_ENCODER, build_default_heads
 
     target = out or Path(__file__).parent / "assets" / "scorers"
     roles = None if only is None else [r.strip() for r in only.split(",") if r.strip()]

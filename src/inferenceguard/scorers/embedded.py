@@ -9,7 +9,7 @@
 - reward: :class:`EncoderHeadScorer` on MiniLM embeddings of (prompt, response), trained to score answers
   above refusals and off-topic replies, so safety cannot be bought by blanket refusal.
 
-The heads are built by :func:`inferenceguard.training.heads.build_default_heads` (``inferenceguard
+The heads are built by :func:`inferenceguard.training.build_scorers.build_default_heads` (``inferenceguard
 build-scorers``); ``manifest.json`` next to them records the data, the split and the held-out metrics.
 """
 

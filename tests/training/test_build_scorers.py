@@ -14,7 +14,7 @@ from inferenceguard.errors import ConfigError
 from inferenceguard.scorers.defaults import default_stack_info, load_scorer
 from inferenceguard.scorers.embedded import EncoderHeadScorer, ProbeCostScorer
 from inferenceguard.scorers.heads import LinearHead
-from inferenceguard.training.heads import (
+from inferenceguard.training.build_scorers import (
     HeadData,
     build_default_heads,
     fit_head,
