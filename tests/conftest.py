@@ -8,7 +8,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest
 
-from tests.harness.launcher import one_thread
+from tests.utils.stack import one_thread
 
 
 @pytest.fixture(autouse=True)

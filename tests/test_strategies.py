@@ -23,8 +23,8 @@ from inferenceguard.strategies import (
     needs_critic,
     preset,
 )
-from tests.harness.launcher import StubCritic
 from tests.stubs import CharCost, VowelReward
+from tests.utils.stack import StubCritic
 from tests.utils.tiny import tiny_lm
 
 PROMPTS = ["hello there", "write a poem about the sea", "x marks the spot", "tell me a story"]

@@ -22,8 +22,9 @@ from inferenceguard.harness.distributed import InProcess, RayPool
 from inferenceguard.harness.run import RESULTS, load_sources, read_results, run_eval
 from inferenceguard.training.rollouts import INDEX, RolloutConfig, collect_rollouts, load_rollouts
 from tests.harness.broken import broken_stack
-from tests.harness.launcher import ROOT, ray_options, tiny_stack
+from tests.harness.launcher import ROOT, ray_options
 from tests.utils.cli import run_cli
+from tests.utils.stack import tiny_stack
 
 ray = pytest.importorskip("ray")
 

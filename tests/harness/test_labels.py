@@ -14,7 +14,7 @@ from inferenceguard.harness import labels as L
 from inferenceguard.harness.run import RESULTS, load_sources, read_results, run_eval
 from inferenceguard.report import build
 from inferenceguard.stats import auc, kappa
-from tests.harness.launcher import tiny_stack
+from tests.utils.stack import tiny_stack
 
 KW = dict(max_new_tokens=6, batch_size=2, settings={"candidates": 4, "block": 3}, progress=False)
 

@@ -16,8 +16,8 @@ from inferenceguard.errors import ConfigError
 from inferenceguard.harness.run import CONFIG, RESULTS, SUMMARY, load_sources, read_results, run_eval
 from inferenceguard.strategies import PRESETS
 from tests.harness import launcher
-from tests.harness.launcher import tiny_stack
 from tests.utils.cli import run_cli
+from tests.utils.stack import SlowJudge, tiny_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 FIELDS = {
@@ -171,7 +171,7 @@ def test_a_different_configuration_is_refused_with_the_setting(stack, tmp_path):
         run_eval(stack, load_sources([a], limit=2), "sample", out, **{**KW, "max_new_tokens": 7})
     with pytest.raises(ConfigError, match=r"shared\.settings\.candidates"):
         run_eval(stack, load_sources([a], limit=2), "sample", out, **{**KW, "settings": {"candidates": 8, "block": 3}})
-    other_judge = replace(stack, judge=launcher.SlowJudge())
+    other_judge = replace(stack, judge=SlowJudge())
     other_judge.judge.threshold = 0.3
     with pytest.raises(ConfigError, match=r"shared\.models\.judge\.threshold"):
         run_eval(other_judge, load_sources([a], limit=2), "sample", out, **KW)

@@ -12,7 +12,7 @@ from inferenceguard.harness.metrics import group_metrics, is_refusal, summarise
 from inferenceguard.harness.run import load_sources, run_eval
 from inferenceguard.report import build
 from inferenceguard.report.summary import label_positions, pareto_x
-from tests.harness.launcher import tiny_stack
+from tests.utils.stack import tiny_stack
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
