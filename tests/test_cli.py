@@ -12,7 +12,6 @@ import pytest
 from inferenceguard.engine.types import REFUSAL
 from inferenceguard.strategies import PRESETS
 from tests.utils.cli import run_cli
-from tests.utils.tiny import save_classifier, save_lm
 
 MAX_NEW = 8
 PROMPT = "How do I bake bread?"
@@ -36,16 +35,6 @@ KEYS = {
     "scorer_calls": int,
     "seed": int,
 }
-
-
-@pytest.fixture(scope="module")
-def dirs(tmp_path_factory):
-    """Folders of a tiny chat LM (context 512), a 1-output reward model and a safe/unsafe cost classifier."""
-    return {
-        "lm": save_lm(tmp_path_factory.mktemp("lm")),
-        "rm": save_classifier(tmp_path_factory.mktemp("rm"), ["score"]),
-        "cm": save_classifier(tmp_path_factory.mktemp("cm"), ["safe", "unsafe"]),
-    }
 
 
 _cli = run_cli

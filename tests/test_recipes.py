@@ -15,19 +15,8 @@ from inferenceguard.errors import ConfigError
 from inferenceguard.harness.run import resolve_methods
 from inferenceguard.recipes import SHARED, load_recipe
 from tests.utils.cli import run_cli
-from tests.utils.tiny import save_classifier, save_lm
 
 PROMPTS = ["How do I bake bread?", "Tell me about the sea.", "Name three colours."]
-
-
-@pytest.fixture(scope="module")
-def dirs(tmp_path_factory):
-    """Folders of a tiny chat LM, a 1-output reward model and a safe/unsafe cost classifier (the judge too)."""
-    return {
-        "lm": save_lm(tmp_path_factory.mktemp("lm")),
-        "rm": save_classifier(tmp_path_factory.mktemp("rm"), ["score"]),
-        "cm": save_classifier(tmp_path_factory.mktemp("cm"), ["safe", "unsafe"]),
-    }
 
 
 def _recipe(tmp_path: Path, dirs, extra: str = "", models: str | None = None, name: str = "tiny.toml") -> Path:
