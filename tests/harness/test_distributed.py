@@ -198,3 +198,22 @@ def test_a_cluster_that_cannot_be_joined_is_a_clear_error(monkeypatch):
         match=r"--address. must name a Ray cluster .*could not connect to 10\.255\.0\.1:6379.*got .10\.255\.0\.1:6379",
     ):
         pool.start()
+
+
+def test_worker_errors_surface_as_the_packages_own_or_as_one_clear_line():
+    from inferenceguard.errors import AssetError
+    from inferenceguard.harness.distributed import worker_error
+
+    class TaskError(Exception):  # what ray.exceptions.RayTaskError carries: the worker's exception as .cause
+        def __init__(self, cause: Exception):
+            super().__init__(str(cause))
+            self.cause = cause
+
+    own = ConfigError("--model", "x", "must exist")
+    assert worker_error(TaskError(own), 0, "loading the stack") is own
+    oom = worker_error(TaskError(torch.OutOfMemoryError("CUDA out of memory")), 1, "answering batch 3")
+    assert isinstance(oom, AssetError) and "worker 1 ran out of memory answering batch 3" in str(oom)
+    assert "--batch-size" in str(oom)
+    other = worker_error(TaskError(ValueError("bad tensor")), 2, "answering batch 0")
+    assert isinstance(other, AssetError)
+    assert str(other) == "Ray worker 2 failed answering batch 0: ValueError: bad tensor"

@@ -135,6 +135,21 @@ class _StackWorker:
         return fn(self._ensure(), *args)
 
 
+def worker_error(e: Exception, k: int, doing: str) -> Exception:
+    """What a task that raised on worker ``k`` surfaces as: the package's own error (ConfigError, AssetError) as
+    itself; running out of memory (torch's OutOfMemoryError, CPU or CUDA) as advice; anything else as one line."""
+    cause = getattr(e, "cause", None) or e
+    if isinstance(cause, InferenceGuardError):
+        return cause
+    name = type(cause).__name__
+    if isinstance(cause, MemoryError) or "OutOfMemory" in name:
+        return AssetError(
+            f"Ray worker {k} ran out of memory {doing} ({name}): lower --batch-size or give each worker more "
+            "(--worker-gpus, --worker-cpus)"
+        )
+    return AssetError(f"Ray worker {k} failed {doing}: {name}: {cause}")
+
+
 class RayPool:
     """Ray actors, each holding a stack loaded by ``load`` (picklable; it runs on the workers). A context
     manager: entering connects to (or starts) Ray and waits until every worker has loaded its stack; leaving
@@ -229,15 +244,12 @@ class RayPool:
         return n, o.worker_cpus, per_gpu
 
     def _get(self, ref: Any, k: int, doing: str) -> Any:
-        """ray.get, with a worker's own error raised as itself (ConfigError, AssetError) or as one clear line."""
+        """ray.get, with a worker's error raised as :func:`worker_error` says."""
         ray = self._ray
         try:
             return ray.get(ref)
         except ray.exceptions.RayTaskError as e:
-            cause = getattr(e, "cause", None)
-            if isinstance(cause, InferenceGuardError):
-                raise cause from e
-            raise AssetError(f"Ray worker {k} failed {doing}: {type(cause or e).__name__}: {cause or e}") from e
+            raise worker_error(e, k, doing) from e
         except ray.exceptions.RayError as e:  # the actor died before it was ready (e.g. out of memory)
             raise AssetError(f"Ray worker {k} died {doing}: {e}") from e
 
@@ -305,10 +317,7 @@ class RayPool:
                 self._lost(k)
                 continue
             except ray.exceptions.RayTaskError as e:
-                cause = getattr(e, "cause", None)
-                if isinstance(cause, InferenceGuardError):
-                    raise cause from e
-                raise
+                raise worker_error(e, k, f"answering batch {j}") from e
             if ordered:
                 held[j] = value
             else:
