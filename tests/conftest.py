@@ -8,7 +8,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest
 
-from tests.utils.stack import one_thread
+from inferenceguard.training.train_critic import one_thread
 from tests.utils.tiny import save_classifier, save_lm
 
 

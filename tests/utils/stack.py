@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import torch
@@ -66,14 +65,3 @@ def tiny_stack(delay: float = 0.0, critic: bool = True) -> Stack:
         critic=StubCritic(lm.identity) if critic else None,
         judge=SlowJudge(delay),
     )
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Tiny models run fastest on one thread, and far faster than two when the two cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

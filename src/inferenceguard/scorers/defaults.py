@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,16 +91,10 @@ def load_scorer(
         return SequenceClassifierScorer(source, label=label or None, device=device)
     if spec.startswith("guard-llm:"):
         source = spec[len("guard-llm:") :]
-        if role == "reward":
-            raise ConfigError(
-                role,
-                spec,
-                "must be a helpfulness scorer: 'guard-llm:' scores harm; use it for the cost model or the judge",
-            )
+        _harm_only(role, spec, "guard-llm:")
         if not source:
             raise ConfigError(role, spec, "must name a causal LM after 'guard-llm:'")
-        same = lm is not None and resolve_lm_source(source)[1] == lm.identity
-        return GuardLLMScorer(lm if same and lm is not None else load_lm(source, device=device))
+        return GuardLLMScorer(_lm_for(source, lm, lambda s: load_lm(s, device=device)))
     if spec.startswith("score-model:"):
         return _score_model(spec, role, device)
     if spec.startswith("guard:"):
@@ -136,16 +131,25 @@ def _score_model(spec: str, role: str, device: str | torch.device | None) -> Sco
 def _guard(spec: str, role: str, lm: LM | None, device: str | torch.device | None) -> Scorer:
     """'guard:FAMILY:SOURCE': a guard model read through its family's preset (cost or judge only)."""
     family, _, source = spec[len("guard:") :].partition(":")
-    if role == "reward":
-        raise ConfigError(
-            role, spec, "must be a helpfulness scorer: 'guard:' scores harm; use it for the cost model or the judge"
-        )
+    _harm_only(role, spec, "guard:")
     if family not in GUARD_PRESETS:
         raise ConfigError(role, spec, f"must name a guard family after 'guard:', one of {', '.join(GUARD_PRESETS)}")
     if not source:
         raise ConfigError(role, spec, f"must name a model after 'guard:{family}:', e.g. 'guard:{family}:./my-guard'")
-    same = lm is not None and resolve_lm_source(source)[1] == lm.identity
-    return GuardScorer(lm if same and lm is not None else load_guard_lm(source, device=device), GUARD_PRESETS[family])
+    return GuardScorer(_lm_for(source, lm, lambda s: load_guard_lm(s, device=device)), GUARD_PRESETS[family])
+
+
+def _harm_only(role: str, spec: str, prefix: str) -> None:
+    """A harm classifier (``prefix`` spec) cannot be the reward model."""
+    if role == "reward":
+        raise ConfigError(
+            role, spec, f"must be a helpfulness scorer: '{prefix}' scores harm; use it for the cost model or the judge"
+        )
+
+
+def _lm_for(source: str, lm: LM | None, load: Callable[[str], LM]) -> LM:
+    """The engine's own LM when ``source`` names that same model (no second copy), else ``load(source)``."""
+    return lm if lm is not None and resolve_lm_source(source)[1] == lm.identity else load(source)
 
 
 def _from_head(

@@ -633,7 +633,8 @@ def build_default_heads(
     torch.manual_seed(seed)
     if lm is None and "cost" in roles:
         lm = load_lm(lm_spec)
-    encoder = encoder if encoder is not None else load_encoder(encoder_spec)
+    if encoder is None and {"judge", "reward"} & set(roles):  # the reward reads it; the judge compares v0's
+        encoder = load_encoder(encoder_spec)
     if judge_encoder is None and "judge" in roles:
         judge_encoder = encoder if judge_encoder_spec == encoder_spec else load_encoder(judge_encoder_spec)
     compare = None if compare_dir is None else Path(compare_dir)
@@ -646,11 +647,12 @@ def build_default_heads(
         assert lm is not None
         heads["cost"] = _build_cost(data, lm, lm_spec, progress, compare)
     if "judge" in roles:
-        assert judge_encoder is not None
+        assert judge_encoder is not None and encoder is not None
         heads["judge"] = _build_judge(data, judge_encoder, judge_encoder_spec, progress, compare, encoder, memo)
     packaged_reward = reward_rows(harm, refusal, seed)
     if "reward" in roles:
         reward_data = HeadData.build(packaged_reward, answers, target=wanted)
+        assert encoder is not None
         heads["reward"] = _build_reward(reward_data, encoder, encoder_spec, progress, compare, memo)
 
     for role, head in heads.items():
@@ -659,7 +661,8 @@ def build_default_heads(
     for role, head in heads.items():
         entries[HEAD_KEYS[role]] = {**_entry(head, HEAD_FILES[role]), "built": built, "command": command}
     models = dict(kept.get("models", {}))
-    models.update(encoder=encoder.identity)
+    if encoder is not None:
+        models.update(encoder=encoder.identity)
     if lm is not None:
         models.update(base_lm=lm.identity, probe_dtype=str(lm.dtype))
     if judge_encoder is not None:

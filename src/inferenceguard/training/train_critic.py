@@ -179,9 +179,9 @@ class Trained:
 
 
 @contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run a small MLP's many tiny matrix products on one thread (restored after): on a busy 2-core CPU,
-    two intra-op threads made this training about 15x slower, not faster."""
+def one_thread() -> Iterator[None]:
+    """Run small models' many tiny matrix products on one thread (restored after): on a busy 2-core CPU,
+    two intra-op threads made critic training about 15x slower, not faster (the tests' tiny models too)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -193,7 +193,7 @@ def _one_thread() -> Iterator[None]:
 def train_critic(data: RolloutData, cfg: TrainConfig = TrainConfig(), progress: bool = True) -> Trained:
     """Fit the two-head critic on ``data`` with a by-prompt split and early stopping; returns the best epoch's
     critic with its metadata (see ``critic.meta``) and the per-epoch validation metrics."""
-    with _one_thread():
+    with one_thread():
         return _train(data, cfg, progress)
 
 
