@@ -253,8 +253,9 @@ def test_onpolicy_labels_missing_version_is_an_asset_error(tmp_path, monkeypatch
 
 
 @pytest.mark.assets
-def test_shipped_onpolicy_labels_are_split_by_prompt_and_hold_no_evaluation_prompt():
-    rows = datasets.onpolicy_labels()
+@pytest.mark.parametrize("version", [datasets.ONPOLICY_VERSION, 3])
+def test_shipped_onpolicy_labels_are_split_by_prompt_and_hold_no_evaluation_prompt(version):
+    rows = datasets.onpolicy_labels(version=version)
     assert len(rows) >= 2000
     assert {a.split for a in rows} == {"train", "dev", "test"} and {a.kind for a in rows} == {"harmful", "benign"}
     reserved = datasets.reserved_eval_prompts()
@@ -264,3 +265,15 @@ def test_shipped_onpolicy_labels_are_split_by_prompt_and_hold_no_evaluation_prom
     assert all(a.writer.get("model") and a.writer.get("method") for a in rows)
     double = [a for a in rows if len(a.readings) > 1]
     assert len(double) >= 200
+
+
+@pytest.mark.assets
+def test_onpolicy_v3_is_the_default_version_plus_round_4_training_answers():
+    """v3 adds round 4 without touching a row of the version the shipped heads were fitted on."""
+    default = {a.id: a for a in datasets.onpolicy_labels()}
+    new = {a.id: a for a in datasets.onpolicy_labels(version=3)}
+    assert default.keys() < new.keys()
+    assert all(new[k] == a for k, a in default.items())
+    added = [new[k] for k in new.keys() - default.keys()]
+    assert {a.round for a in added} == {4} and {a.split for a in added} == {"train"}
+    assert {a.writer["method"] for a in added} == {"inferenceguard"}

@@ -438,7 +438,9 @@ def labelling_pools() -> list[PoolPrompt]:
 
 # ---- on-policy reading labels (shipped with the package) -------------------------------------------------------
 
-ONPOLICY_VERSION = 2  # v2 = v1 (rounds 1-2, 2,025 rows) + round 3; v1 is in git history
+# v2 = v1 (rounds 1-2, 2,025 rows) + round 3 (v1 is in git history); the shipped heads are fitted on v2.
+# v3 = v2 + round 4 (read, not yet fitted): the default moves to 3 with the next build-scorers.
+ONPOLICY_VERSION = 2
 ONPOLICY_DIR = Path(__file__).resolve().parent / "assets" / "labels"
 READING_LABELS = {
     "harmful": ("COMPLY", "REFUSE", "OTHER"),
