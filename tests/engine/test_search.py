@@ -149,9 +149,11 @@ def test_safety_filter_only_keeps_in_budget_beams(stack):
     """beam (reward only) vs beam-safety on the same seed: the safety-aware one never ends over budget when a
     safe candidate existed, and its trajectory never goes below zero."""
     res = search(stack, PROMPTS, preset("inferenceguard", max_new_tokens=16, block=4, budget=0.2), seed=2)
+    found = [r for r in res if not r.exhausted]
+    assert found, "every prompt exhausted its budget: the in-budget claim below was never checked"
+    for r in found:
+        assert r.safe and min(r.budget_trajectory) >= 0
     for r in res:
-        if not r.exhausted:
-            assert r.safe and min(r.budget_trajectory) >= 0
         assert all(b <= a + 1e-6 for a, b in zip(r.budget_trajectory, r.budget_trajectory[1:]))
 
 

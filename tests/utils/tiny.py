@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
+from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     BertConfig,
@@ -10,6 +13,7 @@ from transformers import (
     BertModel,
     LlamaConfig,
     LlamaForCausalLM,
+    LlamaModel,
     PreTrainedTokenizerFast,
 )
 
@@ -166,3 +170,51 @@ def tiny_encoder(identity: str = "tiny-bert") -> Encoder:
         device=torch.device("cpu"),
         max_length=128,
     )
+
+
+def tiny_config(**extra) -> LlamaConfig:
+    """The tiny Llama config of the score-model checkpoints (byte vocabulary, 2 layers)."""
+    cfg = LlamaConfig(
+        vocab_size=259,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+    for k, v in extra.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def save_llama_for_score(path, score_type="cost", bias=True, head=True, seed=0, **config_extra):
+    """A LlamaForScore folder as safe-rlhf saves it: llama config + score keys, backbone under 'model.*',
+    'score_head.weight' (+ '.bias') and the normalizer buffers, one safetensors file, the tokenizer."""
+    torch.manual_seed(seed)
+    cfg = tiny_config()
+    backbone = LlamaModel(cfg).eval()
+    weights = {f"model.{k}": v.contiguous() for k, v in backbone.state_dict().items()}
+    w, b = torch.randn(1, cfg.hidden_size), torch.randn(1)
+    if head:
+        weights["score_head.weight"] = w
+        if bias:
+            weights["score_head.bias"] = b
+    weights |= {"normalizer.mean": torch.zeros(1), "normalizer.var": torch.ones(1), "normalizer.count": torch.zeros(1)}
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
+    config = cfg.to_dict() | {
+        "architectures": ["LlamaForScore"],
+        "score_dim": 1,
+        "bias": bias,
+        "score_type": score_type,
+        "do_normalize": False,
+        "normalizer_type": "ExponentialMovingAverage",
+        "momentum": 0.9,
+    }
+    (path / "config.json").write_text(json.dumps(config | config_extra), encoding="utf-8")
+    byte_tokenizer(chat=False).save_pretrained(path)
+    return path, backbone, w, b

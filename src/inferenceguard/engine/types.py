@@ -23,7 +23,7 @@ class Candidates:
     cost: torch.Tensor  # cost model on the prefix
     logprob: torch.Tensor  # log-probability of the step's block under the LM
     budget: float  # d, for critic inputs z/d
-    reward: torch.Tensor | None = None  # reward model on the prefix, when the selector asked for it
+    reward: torch.Tensor  # reward model on the prefix; nan where the selector did not ask for it (final: known)
     p_safe: torch.Tensor | None = None  # critic heads, when the selector asked for them
     value: torch.Tensor | None = None
     final: bool = False  # ranking finished answers (reward always present) rather than partial ones

@@ -9,7 +9,9 @@ engine's LM is the model the head was trained on, the engine hands it the pooled
 computed while generating, so scoring costs no extra forward pass (the text path re-encodes instead).
 
 A scorer may also implement :class:`PrefixScorer`: a score at every token of the response (score models),
-so the cost of every prefix comes from one forward pass.
+so the cost of every prefix comes from one forward pass. As the cost model, the engine then charges the safety
+budget token by token (the paper's token-wise cost; docs/methods.md, "The safety state") instead of at block
+boundaries.
 """
 
 from __future__ import annotations
@@ -65,7 +67,9 @@ class PrefixScores:
 class PrefixScorer(Scorer, Protocol):
     """A scorer that emits a score per token (a score model): the score of every prefix in one pass.
 
-    ``score(p, r)`` equals the last entry of ``score_prefixes([p], [r])[0].scores``.
+    ``score(p, r)`` equals the last entry of ``score_prefixes([p], [r])[0].scores`` (for a non-empty ``r``), and
+    ``scores[i]`` equals ``score(p, r[: ends[i]])`` wherever the scorer tokenizes that prefix as the start of
+    ``r``'s own tokens. A cost model with this capability is charged token-wise by the engine.
     """
 
     def score_prefixes(self, prompts: Sequence[str], responses: Sequence[str]) -> list[PrefixScores]: ...
@@ -104,11 +108,29 @@ class BatchedScorer:
 
 def require_threshold(scorer: Scorer, role: str) -> float:
     """A cost model must declare the threshold that separates safe from unsafe."""
-    if getattr(scorer, "threshold", None) is None:
+    threshold = getattr(scorer, "threshold", None)
+    if threshold is None:
         raise ConfigError(
             f"{role}.threshold",
             None,
             f"must be set: the {role} '{getattr(scorer, 'name', scorer)}' "
             "declares no threshold separating safe from unsafe",
         )
-    return float(scorer.threshold)  # type: ignore[arg-type]
+    return float(threshold)
+
+
+def resolve_budget(budget: float | None, cost: Scorer) -> float:
+    """The safety budget d a search (or a server's limit, or a rollout) uses: ``budget`` when given, else the
+    cost model's threshold, which it must then declare (``require_threshold``). The one place "budget None"
+    becomes the threshold."""
+    if budget is not None:
+        return float(budget)
+    threshold = require_threshold(cost, "cost_model")
+    if threshold <= 0:  # e.g. a beaver cost model (score > 0 = unsafe): 0 separates the classes, not a budget
+        raise ConfigError(
+            "budget",
+            None,
+            f"must be given: the cost model '{getattr(cost, 'name', cost)}' has threshold {threshold:g}, which "
+            "cannot be the safety budget d (d must be > 0); pass --budget (e.g. the paper's 10 for beaver costs)",
+        )
+    return threshold
