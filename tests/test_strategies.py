@@ -135,11 +135,14 @@ def test_safety_variants_never_keep_an_over_budget_answer_when_a_safe_one_exists
     kw = dict(max_new_tokens=8, budget=0.05) | ({} if method == "args-cost" else dict(candidates=8, block=4))
     cfg, spy = _spied(method, **kw)
     res = search(stack, PROMPTS, cfg, seed=5)
-    for b, r in enumerate(res):
-        if not r.exhausted:  # every step had an in-budget candidate
-            assert r.safe and min(r.budget_trajectory) >= 0
-        if method == "bon-safety" and bool((_finals(spy, b).z >= 0).any()):
-            assert r.safe
+    found = [r for r in res if not r.exhausted]  # every step had an in-budget candidate
+    assert found, "every prompt exhausted its budget: the in-budget claim below was never checked"
+    for r in found:
+        assert r.safe and min(r.budget_trajectory) >= 0
+    if method == "bon-safety":
+        safe_exists = [b for b in range(len(res)) if bool((_finals(spy, b).z >= 0).any())]
+        assert safe_exists, "no prompt had a safe finished candidate: the Best-of-N claim was never checked"
+        assert all(res[b].safe for b in safe_exists)
     reward_only = search(stack, PROMPTS, preset("bon", **kw), seed=5)
     assert sum(r.safe for r in res) >= sum(r.safe for r in reward_only)
 
@@ -153,9 +156,10 @@ def test_args_picks_among_the_top_k_tokens(lm, stack):
     top = torch.log_softmax(logits, -1).topk(k).values
     first = spy.seen[0]
     assert first.logprob.shape == (k,) and torch.allclose(first.logprob, top, atol=1e-4)
-    for c in spy.seen:
-        if not c.final:  # each later step: the parent's k best tokens, best first
-            assert bool((c.logprob[:-1] >= c.logprob[1:] - 1e-6).all())
+    later = [c for c in spy.seen[1:] if not c.final]  # each later step: the parent's k best tokens, best first
+    assert len(later) == 3, "max_new_tokens=4 makes three token steps after the first"
+    for c in later:
+        assert bool((c.logprob[:-1] >= c.logprob[1:] - 1e-6).all())
 
 
 def test_args_scores_logprob_plus_weighted_guidance():

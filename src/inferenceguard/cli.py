@@ -9,11 +9,14 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
 from inferenceguard.errors import ConfigError, InferenceGuardError
+
+if TYPE_CHECKING:
+    from inferenceguard.models.loading import Prompt
 
 app = typer.Typer(
     add_completion=False,
@@ -118,7 +121,12 @@ def _env() -> None:
 def generate(
     prompt: Annotated[str | None, typer.Argument(help="The prompt (or use --prompts FILE).")] = None,
     prompts: Annotated[
-        Path | None, typer.Option("--prompts", help="File: one prompt per line, JSONL or CSV with 'prompt'.")
+        Path | None,
+        typer.Option(
+            "--prompts",
+            help="File: one prompt per line, CSV with 'prompt', or JSONL with 'prompt' or 'messages' (a "
+            "conversation: [{role, content}, ...]).",
+        ),
     ] = None,
     method: Annotated[
         str,
@@ -157,7 +165,11 @@ def generate(
         raise ConfigError("prompt", prompt, "must be given either as an argument or with --prompts FILE (not both)")
     if prompt is not None and not prompt.strip():
         raise ConfigError("prompt", prompt, "must be a non-empty string")
-    items = [prompt] if prompt is not None else read_prompt_file(prompts, arg="--prompts")  # type: ignore[arg-type]
+    items: list[Prompt] = (
+        [prompt]
+        if prompt is not None
+        else read_prompt_file(cast(Path, prompts), arg="--prompts", messages=True)  # strings and conversations
+    )
     settings = dict(
         budget=budget,
         candidates=candidates,
@@ -172,12 +184,12 @@ def generate(
         on_exhausted=on_exhausted,
     )
     try:
-        preset(method, **settings)  # validate before loading models
+        cfg = preset(method, **settings)  # resolved once, before any model loads
     except ConfigError as e:  # name the flag the user typed ('keep' is --beams)
         flag = "--beams" if e.arg == "keep" else "--" + e.arg.replace("_", "-")
         raise ConfigError(flag, e.value, e.expected) from e
     guard = Guard(model, reward_model, cost_model, critic=critic, device=device, dtype=dtype)
-    results = guard.generate(items, method, seed=seed, batch_size=batch_size, progress=not as_json, **settings)
+    results = guard.generate(items, cfg, seed=seed, batch_size=batch_size, progress=not as_json)
     if as_json:
         for r in results:
             print(json.dumps(r.to_dict(), ensure_ascii=False))

@@ -15,11 +15,11 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
-from inferenceguard._io import write_atomic, write_json
+from inferenceguard._io import ensure_dir, sweep_temps, write_atomic, write_json
 from inferenceguard.errors import AssetError, ConfigError, CriticMismatchError
 from inferenceguard.models.loading import LM
 
@@ -125,9 +125,9 @@ def save_critic(critic: LatentCritic, folder: str | Path) -> Path:
     """Write ``critic.safetensors`` and ``critic.json`` into ``folder`` (each atomically); returns the folder."""
     from safetensors.torch import save_file
 
-    folder = Path(folder).expanduser()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = ensure_dir(Path(folder).expanduser())
     weights, config = _files(folder)
+    sweep_temps(folder, (weights.name, config.name))  # what a kill in mid-save left (the folder is the user's)
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in critic.state_dict().items()}
     bad = [k for k, v in tensors.items() if not bool(torch.isfinite(v).all())]
     if bad:
@@ -172,19 +172,51 @@ def read_critic_config(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def fit_problem(base_identity: Any, hidden_size: Any, lm: LM) -> str | None:
+    """Why a critic trained on ``base_identity``, reading hidden states of ``hidden_size`` (None: not known),
+    cannot read ``lm``'s hidden states; None when it can. The one "critic fits this LM" rule, for a critic
+    file (``check_fits``) and a critic in hand (``require_critic``) alike."""
+    if base_identity != lm.identity:
+        return f"was trained on base model '{base_identity}', not on '{lm.identity}'"
+    if hidden_size is not None and int(hidden_size) != lm.hidden_size:
+        return (
+            f"reads hidden states of size {hidden_size}, but the model '{lm.identity}' has hidden size {lm.hidden_size}"
+        )
+    return None
+
+
 def check_fits(meta: dict[str, Any], lm: LM, where: str = "critic") -> None:
-    """CriticMismatchError unless the critic was trained on this LM (identity and hidden size)."""
-    if meta["base_identity"] != lm.identity:
+    """CriticMismatchError unless the critic file described by ``meta`` fits this LM (``fit_problem``)."""
+    why = fit_problem(meta["base_identity"], meta["hidden_size"], lm)
+    if why is not None:
         raise CriticMismatchError(
-            f"the {where} was trained on base model '{meta['base_identity']}', not on '{lm.identity}': its "
-            "hidden-state inputs would be meaningless. Train one for this model with: inferenceguard "
-            "train-critic --model ... --out DIR, then pass --critic DIR"
+            f"the {where} {why}: its hidden-state inputs would be meaningless. Train one for this model with: "
+            "inferenceguard train-critic --model ... --out DIR, then pass --critic DIR"
         )
-    if int(meta["hidden_size"]) != lm.hidden_size:
-        raise CriticMismatchError(
-            f"the {where} reads hidden states of size {meta['hidden_size']}, but the "
-            f"model '{lm.identity}' has hidden size {lm.hidden_size}"
+
+
+C = TypeVar("C")
+
+
+def require_critic(critic: C | None, lm: LM, method: str) -> C:
+    """The critic ``method`` reads, checked before it is used (``strategies.bind``, the engine): a ConfigError
+    naming 'critic' when there is none, or when it does not fit ``lm`` (``fit_problem``)."""
+    if critic is None:
+        raise ConfigError(
+            "critic",
+            None,
+            f"must be available: method '{method}' needs a critic, and none fits the base model '{lm.identity}' "
+            "(train one with `inferenceguard train-critic`, pass --critic FILE, or pick a method without a critic)",
         )
+    identity = getattr(critic, "base_identity", lm.identity)
+    why = fit_problem(identity, getattr(critic, "hidden_size", None), lm)
+    if why is not None:
+        raise ConfigError(
+            "critic",
+            identity,
+            f"must be trained on the base model in use ('{lm.identity}') for method '{method}': it {why}",
+        )
+    return critic
 
 
 def load_critic(path: str | Path, lm: LM | None = None) -> LatentCritic:

