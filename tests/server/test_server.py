@@ -388,12 +388,13 @@ def _scripted(
     (scorer prompt, LM text) of every prompt it is given."""
     from inferenceguard.engine import Result
     from inferenceguard.guard import Guard
+    from inferenceguard.models.loading import prompt_text
 
     class Scripted(Guard):
         def generate(self, prompts, method="inferenceguard", *, seed=0, batch_size=4, on_commit=None, **settings):
             time.sleep(sleep)
             if seen is not None:
-                seen.extend((str(p), self.stack.lm.format_prompt(p)) for p in prompts)
+                seen.extend((prompt_text(p), self.stack.lm.format_prompt(p)) for p in prompts)
             if crash:
                 raise RuntimeError("secret internal detail")
             for i in range(len(prompts)):
@@ -402,8 +403,8 @@ def _scripted(
                         on_commit(i, p)
             return [
                 Result(
-                    prompt=p,
-                    method=method,
+                    prompt=prompt_text(p),
+                    method=getattr(method, "method", method),  # the server passes its resolved SearchConfig
                     response=final,
                     safe=not refused,
                     cost=0.1,

@@ -1,7 +1,7 @@
 """The OpenAI-compatible server: ``create_app(settings, guard)`` builds a FastAPI app that guards every answer.
 
 How a request travels:
-1. Checked at the boundary (the ``_Gate`` middleware: API key on ``/v1``, body size; then pydantic, the
+1. Checked at the boundary (the ``Gate`` middleware: API key on ``/v1``, body size; then pydantic, the
    request's ``to_params`` with the server's limits, the method's preset, the prompt's length in tokens):
    every known bad input is answered 4xx in OpenAI's error shape before anything is queued.
 2. Queued (bounded: a full queue answers 429). One worker coroutine takes a request, waits ``batch_window``
@@ -18,6 +18,11 @@ How a request travels:
 
 A request's answer never depends on the batch it shared (the engine draws each prompt from its own
 generator). No module-level state: everything lives on the ``_Server`` of one app.
+
+This module holds the routes, the queue and the worker; the other jobs have their own modules, which get the
+settings and the metrics rather than the server: ``errors`` (the ``Gate``, errors in OpenAI's shape, the
+exception handlers), ``metrics`` (the Prometheus registry) and ``responses`` (results as response bodies and
+stream chunks). ``protocol`` is the wire format, ``settings`` the one settings schema.
 """
 
 from __future__ import annotations
@@ -26,10 +31,7 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
-import hmac
-import json
 import logging
-import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -37,50 +39,39 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from inferenceguard.engine.types import Result
+from inferenceguard.engine.types import Result, SearchConfig
 from inferenceguard.errors import ConfigError, InferenceGuardError
 from inferenceguard.guard import Guard, load_stack
 from inferenceguard.models import LM
+from inferenceguard.models.loading import Prompt
+from inferenceguard.scorers.base import resolve_budget
+from inferenceguard.server.errors import Gate, as_api_error, error_body, install_handlers
+from inferenceguard.server.metrics import Metrics
 from inferenceguard.server.protocol import (
-    FINISH_REASONS,
-    HARM_CATEGORY,
     APIError,
-    AssistantMessage,
-    ChatChoice,
-    ChatChunkChoice,
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
-    CompletionChoice,
     CompletionChunk,
     CompletionRequest,
     CompletionResponse,
-    DeltaMessage,
-    ErrorInfo,
     ErrorResponse,
-    GuardSummary,
+    Health,
     ModelCard,
     ModelList,
     ModerationRequest,
     ModerationResponse,
-    ModerationResult,
-    ModerationScores,
     SearchParams,
-    Usage,
-    Verdict,
+    error_responses,
 )
+from inferenceguard.server.responses import Chunks, StreamText, completion_response, moderation_response, sse
 from inferenceguard.server.settings import ServerSettings
 from inferenceguard.strategies import bind, preset
 
 logger = logging.getLogger("inferenceguard.server")
-
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/moderations", "/v1/models", "/health", "/metrics")
-ENGINE_PARAMS = {"keep": "beams", "max_new_tokens": "max_tokens"}  # engine argument -> request field
 
 
 def create_app(settings: ServerSettings | None = None, guard: Guard | None = None) -> FastAPI:
@@ -89,41 +80,76 @@ def create_app(settings: ServerSettings | None = None, guard: Guard | None = Non
     server = _Server(settings or ServerSettings(), guard)
     app = FastAPI(title="inferenceguard", version="0.1.0", lifespan=server.lifespan)
     app.state.server = server
-    app.add_middleware(_Gate, server=server)
+    app.add_middleware(Gate, settings=server.settings, metrics=server.metrics)
 
-    @app.post("/v1/chat/completions", response_model=None)
+    chat_responses = _answer_responses(ChatCompletionResponse, ChatCompletionChunk)
+
+    @app.post("/v1/chat/completions", response_model=None, responses=chat_responses)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         return await server.answer(request, body)
 
-    @app.post("/v1/completions", response_model=None)
+    @app.post("/v1/completions", response_model=None, responses=_answer_responses(CompletionResponse, CompletionChunk))
     async def completions(body: CompletionRequest, request: Request) -> Response:
         return await server.answer(request, body)
 
-    @app.post("/v1/moderations", response_model=ModerationResponse)
+    @app.post(
+        "/v1/moderations",
+        response_model=ModerationResponse,
+        responses=error_responses(400, 401, 404, 413, 500, 503),
+    )
     async def moderations(body: ModerationRequest) -> ModerationResponse:
         return await server.moderate(body)
 
-    @app.get("/v1/models", response_model=ModelList)
+    @app.get("/v1/models", response_model=ModelList, responses=error_responses(401, 500))
     async def models() -> ModelList:
         return ModelList(data=[ModelCard(id=server.settings.served_model_name, created=server.created)])
 
-    @app.get("/health", response_model=None)
+    @app.get("/health", response_model=Health, responses={503: {"model": Health, "description": "Not ready"}})
     async def health() -> Response:
         status = server.status()
-        body = {"status": status, "model": server.settings.served_model_name, "queue": server.queue_depth()}
-        return JSONResponse(body, status_code=200 if status == "ok" else 503)
+        body = Health(status=status, model=server.settings.served_model_name, queue=server.queue_depth())
+        return JSONResponse(body.model_dump(), status_code=200 if status == "ok" else 503)
 
-    @app.get("/metrics", response_model=None)
+    @app.get("/metrics", response_class=PlainTextResponse, responses={200: {"description": "Prometheus text"}})
     async def metrics() -> Response:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        body, media_type = server.metrics.exposition()
+        return Response(body, media_type=media_type)
 
-        return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    app.add_exception_handler(APIError, _api_error_handler)  # type: ignore[arg-type]
-    app.add_exception_handler(InferenceGuardError, _api_error_handler)  # type: ignore[arg-type]
-    app.add_exception_handler(RequestValidationError, _validation_handler)  # type: ignore[arg-type]
-    app.add_exception_handler(StarletteHTTPException, _http_handler)  # type: ignore[arg-type]
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    install_handlers(app)
     return app
+
+
+def _answer_responses(model: type, chunk: type) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses of a completions route: JSON, or (``stream``) server-sent events whose ``data`` is
+    a chunk, an in-band error or ``[DONE]``, or an error."""
+    payload = {"anyOf": [{"$ref": f"#/components/schemas/{chunk.__name__}"}, _ref(ErrorResponse)]}
+    data = {"anyOf": [{"const": "[DONE]"}, {"contentMediaType": "application/json", "contentSchema": payload}]}
+    event = {"type": "object", "required": ["data"], "properties": {"data": {"type": "string", **data}}}
+    stream = {"text/event-stream": {"schema": event}}
+    return {200: {"model": model, "content": stream}, **error_responses(400, 401, 404, 413, 429, 500, 503, 504)}
+
+
+def _ref(model: type) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema, plus the stream chunks (which no route returns as a model), without its 422s
+    (validation errors are answered 400 in OpenAI's shape)."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)
+        for operations in schema["paths"].values():
+            for op in operations.values():
+                op["responses"].pop("422", None)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        for chunk in (ChatCompletionChunk, CompletionChunk):
+            js = chunk.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
+            components.update(js.pop("$defs", {}))
+            components[chunk.__name__] = js
+    return app.openapi_schema  # type: ignore[return-value]
 
 
 def load_guard(settings: ServerSettings) -> Guard:
@@ -137,33 +163,10 @@ def load_guard(settings: ServerSettings) -> Guard:
 
 
 # -- one request's answers in flight ----------------------------------------------------------------------
-class _Conversation(str):
-    """A chat as one prompt: its string value (what the reward and cost models see as the prompt) is the last
-    user message; ``messages`` (what the LM sees, through its chat template) is the whole conversation."""
-
-    messages: list[dict[str, str]]
-
-    def __new__(cls, messages: list[dict[str, str]]) -> _Conversation:
-        last_user = next(m["content"] for m in reversed(messages) if m["role"] == "user")
-        obj = super().__new__(cls, last_user)
-        obj.messages = messages
-        return obj
-
-
-class _ChatLM(LM):
-    """The LM handle the server searches with: a ``_Conversation`` is formatted from all its messages."""
-
-    def format_prompt(self, prompt: str | list[dict[str, str]]) -> str:
-        return super().format_prompt(getattr(prompt, "messages", prompt))
-
-
-def _chat_lm(lm: LM, own_tokenizer: bool = False) -> _ChatLM:
-    """The same model as ``lm``; ``own_tokenizer`` copies the tokenizer, so the event loop can count prompt
-    tokens while the worker thread uses the original (fast tokenizers are not safe to share across threads)."""
-    values = {f.name: getattr(lm, f.name) for f in dataclasses.fields(lm)}
-    if own_tokenizer:
-        values["tokenizer"] = copy.deepcopy(lm.tokenizer)
-    return _ChatLM(**values)
+def _counting_lm(lm: LM) -> LM:
+    """The same model as ``lm`` with its own copy of the tokenizer, so the event loop can count prompt tokens
+    while the worker thread uses the original (fast tokenizers are not safe to share across threads)."""
+    return dataclasses.replace(lm, tokenizer=copy.deepcopy(lm.tokenizer))
 
 
 @dataclasses.dataclass
@@ -172,7 +175,7 @@ class _Item:
 
     job: _Job
     choice: int
-    prompt: str
+    prompt: Prompt  # a string, or a chat's messages (the LM reads them whole; the scorers its last user turn)
     seed: int
 
 
@@ -180,9 +183,15 @@ class _Job:
     """One request on its way: its items, and the events (commits, results, an error) its handler reads."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, params: SearchParams, prompts: list[str], stream: bool, timeout: float
+        self,
+        loop: asyncio.AbstractEventLoop,
+        params: SearchParams,
+        cfg: SearchConfig,
+        prompts: list[Prompt],
+        stream: bool,
+        timeout: float,
     ):
-        self.loop, self.params, self.stream = loop, params, stream
+        self.loop, self.params, self.cfg, self.stream = loop, params, cfg, stream  # cfg: the method, resolved once
         self.items = [
             _Item(self, p * params.n + j, prompt, params.seed + j)
             for p, prompt in enumerate(prompts)
@@ -210,9 +219,9 @@ class _Server:
 
     def __init__(self, settings: ServerSettings, guard: Guard | None):
         self.settings, self.given = settings, guard
-        self.guard: Guard | None = None  # the guard searching with _ChatLM (set once loaded)
-        self.counter: _ChatLM | None = None  # a tokenizer copy for counting prompt tokens on the event loop
-        self.metrics = _Metrics(self)
+        self.guard: Guard | None = None  # set once loaded
+        self.counter: LM | None = None  # a tokenizer copy for counting prompt tokens on the event loop
+        self.metrics = Metrics(self.queue_depth, lambda: self.loop)
         self.created = int(time.time())
         self.loop: asyncio.AbstractEventLoop | None = None
         self.queue: asyncio.Queue[_Job] | None = None
@@ -246,10 +255,8 @@ class _Server:
         except Exception:
             logger.exception("the model stack failed to load")
             raise
-        view = copy.copy(guard)
-        view.stack = dataclasses.replace(guard.stack, lm=_chat_lm(guard.stack.lm))
-        self.counter = _chat_lm(guard.stack.lm, own_tokenizer=True)
-        self.guard = view
+        self.counter = _counting_lm(guard.stack.lm)
+        self.guard = guard
         logger.info("model stack ready: %s", guard.stack.lm.identity)
 
     def status(self) -> str:
@@ -286,10 +293,10 @@ class _Server:
         self._check_model(body.model)
         params = body.to_params(self.settings)
         guard = await self._ready()
-        self._check_method(guard, params)
+        cfg = self._check_method(guard, params)
         prompts = self._prompts(body, params)
         assert self.loop is not None and self.queue is not None
-        job = _Job(self.loop, params, prompts, body.stream, self.settings.request_timeout)
+        job = _Job(self.loop, params, cfg, prompts, body.stream, self.settings.request_timeout)
         try:
             self.queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -308,7 +315,8 @@ class _Server:
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         results = await self._collect(job, request)
-        return JSONResponse(self._response(chat, rid, params, results, time.perf_counter() - t0))
+        seconds = time.perf_counter() - t0
+        return JSONResponse(completion_response(chat, rid, self.settings.served_model_name, params, results, seconds))
 
     async def moderate(self, body: ModerationRequest) -> ModerationResponse:
         """Score the texts as answers (to ``prompt``) with the cost model, the judge and the reward model, in
@@ -318,30 +326,9 @@ class _Server:
         guard = await self._ready()
         assert self.loop is not None
         scores = await self.loop.run_in_executor(self.executor, guard.score, prompts, texts)
-        stack = guard.stack
-        results = []
-        for sc in scores:
-            flagged = bool(sc.unsafe)
-            results.append(
-                ModerationResult(
-                    flagged=flagged,
-                    categories={HARM_CATEGORY: flagged},
-                    category_scores={HARM_CATEGORY: sc.cost},
-                    category_applied_input_types={HARM_CATEGORY: ["text"]},
-                    inferenceguard=ModerationScores(
-                        cost=sc.cost,
-                        cost_threshold=sc.cost_threshold,
-                        judge=sc.judge,
-                        judge_threshold=sc.judge_threshold,
-                        judge_flagged=sc.judge_unsafe,
-                        reward=sc.reward,
-                        cost_model=str(getattr(stack.cost, "name", type(stack.cost).__name__)),
-                        judge_model=None if stack.judge is None else str(getattr(stack.judge, "name", "judge")),
-                    ),
-                )
-            )
-        self.metrics.moderated.inc(len(results))
-        return ModerationResponse(id=f"modr-{uuid.uuid4().hex}", model=self.settings.served_model_name, results=results)
+        out = moderation_response(scores, guard.stack, self.settings.served_model_name)
+        self.metrics.moderated.inc(len(out.results))
+        return out
 
     def _check_model(self, model: str | None) -> None:
         if model is not None and model != self.settings.served_model_name:
@@ -352,11 +339,12 @@ class _Server:
                 code="model_not_found",
             )
 
-    def _check_method(self, guard: Guard, params: SearchParams) -> None:
-        """The engine's own validation (ConfigError -> 400), the critic, and the budget limit."""
+    def _check_method(self, guard: Guard, params: SearchParams) -> SearchConfig:
+        """The request's method resolved once (strategies.preset, bound to the stack): the engine's own
+        validation (ConfigError -> 400), the critic, and the budget limit."""
         stack = guard.stack
         try:
-            bind(preset(params.method, **params.settings), stack)
+            cfg = bind(preset(params.method, **params.settings), stack)
         except ConfigError as e:
             if e.arg != "critic":
                 raise
@@ -364,7 +352,10 @@ class _Server:
             raise APIError(400, message + " (start it with --critic FILE)", param="method", code="invalid_value") from e
         budget = params.settings.get("budget")
         if budget is not None:
-            limit = self.settings.limit_budget or self.settings.budget or getattr(stack.cost, "threshold", None)
+            try:  # --limit-budget, else the server's own budget (--budget, else the cost model's threshold)
+                limit = self.settings.limit_budget or resolve_budget(self.settings.budget, stack.cost)
+            except ConfigError:  # a cost model without a threshold and no budget set: nothing to tighten
+                limit = None
             if limit is not None and budget > limit:
                 raise APIError(
                     400,
@@ -372,8 +363,9 @@ class _Server:
                     param="budget",
                     code="invalid_value",
                 )
+        return cfg
 
-    def _prompts(self, body: ChatCompletionRequest | CompletionRequest, params: SearchParams) -> list[str]:
+    def _prompts(self, body: ChatCompletionRequest | CompletionRequest, params: SearchParams) -> list[Prompt]:
         """The request's prompts, each checked for length (characters, then tokens with the chat template)."""
         s = self.settings
         if isinstance(body, ChatCompletionRequest):
@@ -384,7 +376,7 @@ class _Server:
                 raise APIError(
                     400, "'messages' must contain a user message with text", param="messages", code="invalid_value"
                 )
-            named: list[tuple[str, str]] = [("messages", _Conversation(messages))]
+            named: list[tuple[str, Prompt]] = [("messages", messages)]  # type: ignore[list-item]
             chars = [sum(len(m["content"]) for m in messages)]
         else:
             raw = [body.prompt] if isinstance(body.prompt, str) else body.prompt
@@ -419,14 +411,10 @@ class _Server:
                     param=param,
                     code="context_length_exceeded",
                 )
-            if n_tokens + max_new > counter.max_context:
-                raise APIError(
-                    400,
-                    f"'max_tokens' ({max_new}) plus the prompt ({n_tokens} tokens) must fit the "
-                    f"model's context of {counter.max_context} tokens",
-                    param="max_tokens",
-                    code="context_length_exceeded",
-                )
+            try:
+                counter.check_room(n_tokens, max_new, "max_tokens", f"'{param}'")
+            except ConfigError as e:  # OpenAI's code for it, rather than the generic invalid_value
+                raise APIError(400, str(e), param=e.arg, code="context_length_exceeded") from e
         return [p for _, p in named]
 
     async def _next(self, job: _Job, request: Request | None) -> tuple[str, int, Any]:
@@ -457,93 +445,37 @@ class _Server:
             job.cancel()
         return [results[c] for c in range(len(job.items))]
 
-    def _response(self, chat: bool, rid: str, params: SearchParams, results: list[Result], seconds: float) -> dict:
-        name, created = self.settings.served_model_name, int(time.time())
-        usage, summary = _usage(results, params.n), _summary(results, params.method, seconds)
-        if chat:
-            choices = [
-                ChatChoice(
-                    index=i,
-                    message=AssistantMessage(content=r.response),
-                    finish_reason=_finish(r),
-                    inferenceguard=_verdict(r),
-                )
-                for i, r in enumerate(results)
-            ]
-            out: Any = ChatCompletionResponse(
-                id=rid, created=created, model=name, choices=choices, usage=usage, inferenceguard=summary
-            )
-        else:
-            choices_ = [
-                CompletionChoice(index=i, text=r.response, finish_reason=_finish(r), inferenceguard=_verdict(r))
-                for i, r in enumerate(results)
-            ]
-            out = CompletionResponse(
-                id=rid, created=created, model=name, choices=choices_, usage=usage, inferenceguard=summary
-            )
-        return out.model_dump(mode="json")
-
     async def _stream(self, job: _Job, chat: bool, rid: str, include_usage: bool) -> AsyncIterator[str]:
         """Server-sent events: committed text as it comes, the rest of each answer, its verdict, [DONE]."""
-        name, created, n = self.settings.served_model_name, int(time.time()), len(job.items)
-
-        def chunk(choice: int, text: str | None = None, result: Result | None = None, role: bool = False) -> str:
-            finish = _finish(result) if result is not None else None
-            verdict = _verdict(result) if result is not None else None
-            if chat:
-                delta = DeltaMessage(role="assistant" if role else None, content=text)
-                c: Any = ChatCompletionChunk(
-                    id=rid,
-                    created=created,
-                    model=name,
-                    choices=[ChatChunkChoice(index=choice, delta=delta, finish_reason=finish, inferenceguard=verdict)],
-                )
-            else:
-                c = CompletionChunk(
-                    id=rid,
-                    created=created,
-                    model=name,
-                    choices=[
-                        CompletionChoice(index=choice, text=text or "", finish_reason=finish, inferenceguard=verdict)
-                    ],
-                )
-            data = c.model_dump(mode="json", exclude_none=True)  # chunks omit empty fields, as OpenAI's do
-            if verdict is not None:  # ... but the verdict keeps its nulls (a NaN score is null)
-                data["choices"][0]["inferenceguard"] = verdict.model_dump(mode="json")
-            return _sse(data)
-
-        texts = [_StreamText() for _ in range(n)]
+        chunks, n = Chunks(chat, rid, self.settings.served_model_name), len(job.items)
+        texts = [StreamText() for _ in range(n)]
         results: dict[int, Result] = {}
         try:
             if chat:
                 for c in range(n):
-                    yield chunk(c, "", role=True)
+                    yield chunks.choice(c, "", role=True)
             while len(results) < n:
                 try:
                     kind, c, payload = await self._next(job, None)
                     if kind == "error":
                         raise payload
                 except Exception as e:  # the stream has started: the error goes in-band, then [DONE]
-                    err = _as_api_error(e)
-                    yield _sse(_error_body(err))
+                    yield sse(error_body(as_api_error(e)))
                     break
                 if kind == "commit":
                     piece = texts[c].commit(payload)
                     if piece:
-                        yield chunk(c, piece)
+                        yield chunks.choice(c, piece)
                 elif kind == "result":
                     results[c] = payload
                     piece = texts[c].finish(payload.response)
                     if piece:
-                        yield chunk(c, piece)
-                    yield chunk(c, None if chat else "", result=payload)
+                        yield chunks.choice(c, piece)
+                    yield chunks.choice(c, None if chat else "", result=payload)
             else:
                 job.done = True
                 if include_usage:
-                    usage = _usage([results[c] for c in range(n)], job.params.n)
-                    cls: Any = ChatCompletionChunk if chat else CompletionChunk
-                    last = cls(id=rid, created=created, model=name, choices=[], usage=usage)
-                    yield _sse(last.model_dump(mode="json"))
+                    yield chunks.usage([results[c] for c in range(n)], job.params.n)
             yield "data: [DONE]\n\n"
         finally:
             job.cancel()  # the client left early (or an error): its search result will be dropped
@@ -561,7 +493,7 @@ class _Server:
             groups: dict[tuple, list[_Item]] = {}
             for job in jobs:
                 for item in job.items:
-                    groups.setdefault((job.params.key, item.seed), []).append(item)
+                    groups.setdefault((job.cfg, item.seed), []).append(item)  # equal configurations batch
             for items in groups.values():
                 for i in range(0, len(items), self.settings.max_batch):
                     chunk = items[i : i + self.settings.max_batch]
@@ -612,7 +544,6 @@ class _Server:
     def _search(self, items: list[_Item]) -> list[Result]:
         """Worker thread: one batched search; on_commit forwards committed text to each request's stream."""
         assert self.guard is not None
-        params = items[0].job.params
 
         def on_commit(i: int, text: str) -> None:
             items[i].job.commit(items[i].choice, text)
@@ -620,274 +551,8 @@ class _Server:
         streaming = any(it.job.stream for it in items)
         return self.guard.generate(
             [it.prompt for it in items],
-            params.method,
+            items[0].job.cfg,
             seed=items[0].seed,
             batch_size=len(items),
             on_commit=on_commit if streaming else None,
-            **params.settings,
         )
-
-
-class _StreamText:
-    """What one streamed answer has sent: committed text as it comes, then the rest of the final answer.
-
-    Committed text is final; the one exception is a commit that ends inside a multi-byte character (the
-    decoded text ends in U+FFFD). That tail is held back, and after it the engine's later pieces cannot be
-    trusted to continue the text exactly, so the answer's remainder is sent with the final result instead.
-    """
-
-    def __init__(self) -> None:
-        self.engine, self.sent, self.frozen = "", "", False
-
-    def commit(self, piece: str) -> str:
-        if self.frozen or self.engine.endswith("\ufffd"):
-            self.frozen = True
-            return ""
-        self.engine += piece
-        ready = self.engine.rstrip("\ufffd")
-        out, self.sent = ready[len(self.sent) :], ready
-        return out
-
-    def finish(self, final: str) -> str:
-        if final.startswith(self.sent):
-            return final[len(self.sent) :]
-        logger.warning("streamed text is not a prefix of the final answer; sending the rest after the common part")
-        common = 0
-        while common < min(len(final), len(self.sent)) and final[common] == self.sent[common]:
-            common += 1
-        return final[common:]
-
-
-# -- responses and errors ---------------------------------------------------------------------------------
-def _finite(x: float | None) -> float | None:
-    return float(x) if x is not None and math.isfinite(x) else None
-
-
-def _verdict(r: Result) -> Verdict:
-    return Verdict(
-        safe=bool(r.safe),
-        cost=_finite(r.cost),
-        reward=_finite(r.reward),
-        budget=_finite(r.budget),
-        budget_left=_finite(r.budget_left),
-        exhausted=r.exhausted,
-        refused=r.refused,
-        method=r.method,
-        new_tokens=r.new_tokens,
-        seconds=round(r.seconds, 4),
-    )
-
-
-def _summary(results: list[Result], method: str, seconds: float) -> GuardSummary:
-    return GuardSummary(
-        safe=all(r.safe for r in results),
-        refused=any(r.refused for r in results),
-        exhausted=any(r.exhausted for r in results),
-        method=method,
-        budget=_finite(results[0].budget),
-        seconds=round(seconds, 4),
-    )
-
-
-def _usage(results: list[Result], n: int) -> Usage:
-    prompt = sum(int(r.extra.get("prompt_tokens", 0)) for r in results[::n])
-    completion = sum(r.new_tokens for r in results)
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
-
-
-def _finish(r: Result) -> str:
-    return "content_filter" if r.refused else FINISH_REASONS.get(r.finish_reason, "stop")
-
-
-def _sse(data: dict) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-
-def _error_body(e: APIError) -> dict:
-    return ErrorResponse(error=ErrorInfo(message=e.message, type=e.type, param=e.param, code=e.code)).model_dump()
-
-
-def _error_response(e: APIError) -> JSONResponse:
-    return JSONResponse(_error_body(e), status_code=e.status)
-
-
-def _as_api_error(e: BaseException) -> APIError:
-    """Every exception as an APIError: bad settings are 400 naming the request field; bugs a generic 500."""
-    if isinstance(e, APIError):
-        return e
-    if isinstance(e, ConfigError):
-        param = ENGINE_PARAMS.get(e.arg, e.arg)
-        return APIError(400, f"'{param}' {e.expected}, got {e.value!r}", param=param, code="invalid_value")
-    if isinstance(e, InferenceGuardError):
-        logger.error("guard error: %s", e)
-        return APIError(503, str(e), "server_error", code="model_unavailable")
-    logger.error("internal error", exc_info=e)
-    return APIError(500, "internal server error (logged on the server)", "server_error", code="internal_error")
-
-
-async def _api_error_handler(request: Request, e: Exception) -> JSONResponse:
-    return _error_response(_as_api_error(e))
-
-
-async def _validation_handler(request: Request, e: RequestValidationError) -> JSONResponse:
-    """FastAPI's 422 as OpenAI's 400, ``param`` naming the failing field (``messages[0].role``)."""
-    err = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid request", "type": ""}
-    loc = [p for p in err.get("loc", ()) if p != "body"]
-    if err.get("type") == "json_invalid":
-        return _error_response(APIError(400, "The request body is not valid JSON", code="invalid_json"))
-    if not loc and err.get("type") == "missing":
-        return _error_response(APIError(400, "The request body is missing: send a JSON object", code="invalid_json"))
-    param = _param(loc)
-    msg = f"'{param}': {err.get('msg')}" if param else str(err.get("msg"))
-    return _error_response(APIError(400, msg, param=param, code="invalid_value"))
-
-
-def _param(loc: list[Any]) -> str | None:
-    """('messages', 0, 'content', 'list[TextPart]', 1, 'type') -> 'messages[0].content[1].type'."""
-    out = ""
-    for p in loc:
-        if isinstance(p, int):
-            out += f"[{p}]"
-        elif isinstance(p, str) and p.isidentifier() and p not in ("str", "int", "float", "bool", "list", "dict"):
-            out += f".{p}" if out else p
-    return out or None
-
-
-async def _http_handler(request: Request, e: StarletteHTTPException) -> JSONResponse:
-    codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
-    return _error_response(APIError(e.status_code, str(e.detail), code=codes.get(e.status_code)))
-
-
-# -- the gate: API key, body size, metrics, last-resort 500 ----------------------------------------------
-class _Gate:
-    """Pure ASGI middleware around every request: /v1 needs the API key when one is set; bodies over
-    ``max_body_bytes`` get 413; every request is counted; an unhandled exception becomes a generic 500 (the
-    traceback goes to the log, never to the client)."""
-
-    def __init__(self, app: Any, server: _Server):
-        self.app, self.server = app, server
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        path = scope["path"]
-        endpoint = path if path in ENDPOINTS else "other"
-        status, t0 = [0], time.perf_counter()
-        limit, seen = self.server.settings.max_body_bytes, [0]
-
-        async def send_(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        async def receive_() -> dict:
-            message = await receive()
-            seen[0] += len(message.get("body", b""))
-            if seen[0] > limit:  # a chunked body without Content-Length
-                raise HTTPException(413, f"the request body must be <= {limit} bytes")
-            return message
-
-        try:
-            refusal = self._refusal(scope, path)
-            if refusal is not None:
-                await _send_error(send_, refusal)
-            else:
-                await self.app(scope, receive_, send_)
-        except Exception as e:
-            err = e if isinstance(e, APIError) else None
-            if err is None:
-                logger.exception("unhandled error on %s %s", scope.get("method"), path)
-                err = APIError(
-                    500, "internal server error (logged on the server)", "server_error", code="internal_error"
-                )
-            if not status[0]:
-                await _send_error(send_, err)
-        finally:
-            self.server.metrics.requests.labels(endpoint, str(status[0] or 499)).inc()
-            self.server.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
-
-    def _refusal(self, scope: dict, path: str) -> APIError | None:
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length", b"0")
-        if length.isdigit() and int(length) > self.server.settings.max_body_bytes:
-            return APIError(
-                413,
-                f"the request body must be <= {self.server.settings.max_body_bytes} bytes",
-                code="request_too_large",
-            )
-        key = self.server.settings.api_key
-        if key is not None and path.startswith("/v1/"):
-            scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                token.strip().encode(), key.get_secret_value().encode()
-            ):
-                return APIError(
-                    401,
-                    "Incorrect or missing API key: send 'Authorization: Bearer KEY'",
-                    "authentication_error",
-                    code="invalid_api_key",
-                )
-        return None
-
-
-async def _send_error(send: Any, e: APIError) -> None:
-    body = json.dumps(_error_body(e)).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if e.status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
-    await send({"type": "http.response.start", "status": e.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-# -- metrics ----------------------------------------------------------------------------------------------
-class _Metrics:
-    """Prometheus metrics in a registry of this app's own (two apps in one process never share counters)."""
-
-    def __init__(self, server: _Server):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-        r = self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "inferenceguard_requests", "HTTP requests by endpoint and status.", ["endpoint", "status"], registry=r
-        )
-        self.latency = Histogram(
-            "inferenceguard_request_seconds",
-            "Request latency (streams: until the last byte).",
-            ["endpoint"],
-            registry=r,
-            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, float("inf")),
-        )
-        self.tokens = Counter("inferenceguard_generated_tokens", "New tokens in searched answers.", registry=r)
-        self.answers = Counter(
-            "inferenceguard_answers",
-            "Searched answers by safety outcome (safe, unsafe, refused).",
-            ["outcome"],
-            registry=r,
-        )
-        self.exhausted = Counter(
-            "inferenceguard_exhausted_searches", "Searches where some step found no admissible candidate.", registry=r
-        )
-        self.dropped = Counter(
-            "inferenceguard_dropped_answers",
-            "Answers never delivered because the request had left (disconnect, timeout): skipped or discarded.",
-            registry=r,
-        )
-        self.batch = Histogram(
-            "inferenceguard_batch_answers",
-            "Answers searched together in one search call.",
-            registry=r,
-            buckets=(1, 2, 4, 8, 16, 32, 64, float("inf")),
-        )
-        self.moderated = Counter("inferenceguard_moderated_texts", "Texts scored by /v1/moderations.", registry=r)
-        self.queue = Gauge("inferenceguard_queue_depth", "Requests waiting for the search worker.", registry=r)
-        self.queue.set_function(server.queue_depth)
-        for outcome in ("safe", "unsafe", "refused"):
-            self.answers.labels(outcome)
-
-    def observe(self, r: Result, dropped: bool) -> None:
-        self.tokens.inc(r.new_tokens)
-        self.answers.labels("refused" if r.refused else "safe" if r.safe else "unsafe").inc()
-        if r.exhausted:
-            self.exhausted.inc()
-        if dropped:
-            self.dropped.inc()

@@ -11,10 +11,11 @@ the guard's verdict in an ``inferenceguard`` field that standard clients ignore.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 if TYPE_CHECKING:
     from inferenceguard.server.settings import ServerSettings
@@ -23,6 +24,7 @@ logger = logging.getLogger("inferenceguard.server")
 
 MIN_TEMPERATURE = 0.01  # the engine samples (it has no greedy mode): temperature 0 is read as this
 MIN_TOP_P = 1e-6  # top_p 0 (OpenAI allows it) keeps only the most likely token, as this does
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 FINISH_REASONS = {"eos": "stop", "length": "length", "refused": "content_filter"}
 
 
@@ -42,9 +44,12 @@ class APIError(Exception):
 
 
 class OpenAIBaseModel(BaseModel):
-    """Requests ignore fields they do not know (logged at debug level), like OpenAI-compatible servers."""
+    """Requests ignore fields they do not know (logged at debug level), like OpenAI-compatible servers.
 
-    model_config = ConfigDict(extra="ignore")
+    Types are strict, as OpenAI's are: ``"5"`` or ``true`` is not an integer, ``1`` is not a boolean (an
+    integer is a number, though); NaN and infinities are refused."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -54,6 +59,15 @@ class OpenAIBaseModel(BaseModel):
             if ignored:
                 logger.debug("%s: ignoring unsupported fields %s", cls.__name__, ignored)
         return data
+
+    @field_validator("*")
+    @classmethod
+    def _valid_unicode(cls, value: Any) -> Any:
+        """Refuse lone surrogates (a JSON escape such as \\ud800 can carry one): no tokenizer can encode them."""
+        for text in [value] if isinstance(value, str) else value if isinstance(value, list) else []:
+            if isinstance(text, str) and LONE_SURROGATE.search(text):
+                raise ValueError("must be valid Unicode text, but holds a lone surrogate (U+D800-U+DFFF)")
+        return value
 
 
 # -- shared fields (llama-cpp-python style): static bounds here, the server's limits in to_params ----------
@@ -79,10 +93,27 @@ candidates_field = Field(default=None, ge=1, description="N: candidates per prom
 beams_field = Field(default=None, ge=1, description="K: beams kept per step (default N/4).")
 block_field = Field(default=None, ge=1, description="Tokens per search step.")
 on_exhausted_field = Field(default=None, description="When no safe candidate remains: flag | refuse.")
+# OpenAI fields the server validates (OpenAI's documented ranges) but does not use; docs/server.md lists them
+IGNORED = "Validated and ignored (docs/server.md)."
+penalty_field = Field(default=None, ge=-2, le=2, description=IGNORED)
+logit_bias_field = Field(default=None, description=IGNORED)
+stop_field = Field(default=None, description=IGNORED)
+ignored_field = Field(default=None, description=IGNORED)
+Bias = Annotated[int, Field(ge=-100, le=100)]
+Stop = Annotated[list[str], Field(min_length=1, max_length=4)]
+Metadata = Annotated[  # 16 pairs at most, keys <= 64 characters, values <= 512
+    dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]], Field(max_length=16)
+]
 
 
 class StreamOptions(OpenAIBaseModel):
     include_usage: bool = False
+    include_obfuscation: bool | None = ignored_field
+
+
+class ResponseFormat(OpenAIBaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
 
 
 class TextPart(OpenAIBaseModel):
@@ -125,9 +156,41 @@ class ChatCompletionRequest(OpenAIBaseModel):
     beams: int | None = beams_field
     block: int | None = block_field
     on_exhausted: Literal["flag", "refuse"] | None = on_exhausted_field
+    # --- OpenAI fields validated and not used (a value that needs a missing feature is 400, see to_params) ---
+    audio: dict[str, Any] | None = ignored_field
+    frequency_penalty: float | None = penalty_field
+    function_call: Literal["none", "auto"] | dict[str, Any] | None = ignored_field
+    functions: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=128)] | None = ignored_field
+    logit_bias: dict[str, Bias] | None = logit_bias_field
+    logprobs: bool | None = ignored_field
+    metadata: Metadata | None = ignored_field
+    modalities: list[Literal["text", "audio"]] | None = ignored_field
+    moderation: dict[str, Any] | None = ignored_field
+    parallel_tool_calls: bool | None = ignored_field
+    prediction: dict[str, Any] | None = ignored_field
+    presence_penalty: float | None = penalty_field
+    prompt_cache_key: str | None = ignored_field
+    prompt_cache_options: dict[str, Any] | None = ignored_field
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = ignored_field
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = ignored_field
+    response_format: ResponseFormat | None = ignored_field
+    safety_identifier: Annotated[str, Field(max_length=64)] | None = ignored_field
+    service_tier: Literal["auto", "default", "flex", "scale", "priority", "fast"] | None = ignored_field
+    stop: str | Stop | None = stop_field
+    store: bool | None = ignored_field
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = ignored_field
+    tools: list[dict[str, Any]] | None = ignored_field
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = ignored_field
+    verbosity: Literal["low", "medium", "high"] | None = ignored_field
+    web_search_options: dict[str, Any] | None = ignored_field
 
     def to_params(self, s: ServerSettings) -> SearchParams:
         """The engine's settings for this request, with the server's defaults and limits."""
+        _unsupported("response_format", self.response_format is not None and self.response_format.type != "text")
+        _unsupported("tool_choice", isinstance(self.tool_choice, dict) or self.tool_choice == "required")
+        _unsupported("function_call", isinstance(self.function_call, dict))
+        _unsupported("modalities", "audio" in (self.modalities or []))
+        _unsupported("audio", self.audio is not None)
         if self.max_completion_tokens is not None:
             return _to_params(self, s, self.max_completion_tokens, "max_completion_tokens")
         return _to_params(self, s, self.max_tokens, "max_tokens")
@@ -154,9 +217,19 @@ class CompletionRequest(OpenAIBaseModel):
     beams: int | None = beams_field
     block: int | None = block_field
     on_exhausted: Literal["flag", "refuse"] | None = on_exhausted_field
+    # --- OpenAI fields validated and not used (echo: true is 400, see to_params) ---
+    best_of: Annotated[int, Field(ge=0, le=20)] | None = ignored_field
+    echo: bool | None = ignored_field
+    frequency_penalty: float | None = penalty_field
+    logit_bias: dict[str, Bias] | None = logit_bias_field
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = ignored_field
+    presence_penalty: float | None = penalty_field
+    stop: str | Stop | None = stop_field
+    suffix: str | None = ignored_field
 
     def to_params(self, s: ServerSettings) -> SearchParams:
         """The engine's settings for this request, with the server's defaults and limits."""
+        _unsupported("echo", bool(self.echo))
         return _to_params(self, s, self.max_tokens, "max_tokens")
 
 
@@ -168,11 +241,6 @@ class SearchParams:
     settings: dict[str, Any]
     seed: int
     n: int
-
-    @property
-    def key(self) -> tuple:
-        """Requests with equal keys (apart from the seed) may be searched in one batch."""
-        return (self.method, *sorted(self.settings.items()))
 
 
 def _to_params(
@@ -210,6 +278,14 @@ def _to_params(
     }
     settings = {k: v for k, v in settings.items() if v is not None}
     return SearchParams(method=method, settings=settings, seed=_pick(req.seed, s.seed), n=req.n)
+
+
+def _unsupported(param: str, condition: bool) -> None:
+    """400 for a value the server cannot honour and must not silently drop (the client relies on it)."""
+    if condition:
+        raise APIError(
+            400, f"this server does not support that value of '{param}'", param=param, code="unsupported_value"
+        )
 
 
 def _pick(value: Any, default: Any) -> Any:
@@ -392,6 +468,33 @@ class ErrorInfo(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorInfo
+
+
+class Health(BaseModel):
+    """``GET /health``: 200 when ``ok``, 503 otherwise."""
+
+    status: Literal["ok", "loading", "error", "stopped"]
+    model: str
+    queue: int = Field(ge=0, description="Requests waiting for the search worker.")
+
+
+# Every status the server answers with, as documented in its OpenAPI schema (the fuzz run checks each
+# response against it). 499 (the client left) is only counted in /metrics: no client ever receives it.
+ERROR_STATUSES = {
+    400: "Invalid request: malformed JSON, a schema error, a value over a server limit, a prompt too long",
+    401: "Missing or wrong API key (only when the server has one)",
+    404: "Unknown model",
+    413: "Request body over --max-body-bytes",
+    429: "The queue is full; retry later",
+    500: "Internal error (details in the server log only)",
+    503: "The models are loading, failed to load, or the server is shutting down",
+    504: "The request took longer than --request-timeout",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, each in OpenAI's error shape."""
+    return {s: {"model": ErrorResponse, "description": ERROR_STATUSES[s]} for s in statuses}
 
 
 HARM_CATEGORY = "harmful"
