@@ -11,7 +11,7 @@ import pytest
 
 from inferenceguard.engine.types import REFUSAL
 from inferenceguard.strategies import PRESETS
-from tests.utils.cli import run_cli
+from tests.utils.cli import run_cli, stack_flags
 
 MAX_NEW = 8
 PROMPT = "How do I bake bread?"
@@ -140,6 +140,35 @@ def test_prompts_file_gives_one_json_line_per_prompt_in_order(monkeypatch, capsy
     assert all(r["method"] == "sample" and 0 <= r["new_tokens"] <= MAX_NEW for r in rows)
 
 
+def test_a_jsonl_row_may_carry_a_conversation(monkeypatch, capsys, dirs, tmp_path):
+    """'messages' reaches the LM whole (its prompt tokens count every turn) and names the answer by its last
+    user turn, as the server's chat endpoint does."""
+    chat = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Tell me a joke."},
+    ]
+    path = tmp_path / "chats.jsonl"
+    path.write_text(json.dumps({"messages": chat}) + "\n" + json.dumps({"prompt": "Tell me a joke."}) + "\n")
+    code, out, err = _cli(monkeypatch, capsys, "generate", "--prompts", str(path), *_stack(dirs), "--json")
+    assert code == 0, err
+    chat_row, plain_row = (json.loads(line) for line in out.splitlines())
+    assert chat_row["prompt"] == plain_row["prompt"] == "Tell me a joke."
+    assert chat_row["extra"]["prompt_tokens"] > plain_row["extra"]["prompt_tokens"]
+
+
+def test_generate_leaves_the_block_of_best_of_n_alone(monkeypatch, capsys, dirs):
+    """One rule for overrides (strategies.preset), as eval and the server apply it: --block does not reach
+    Best-of-N's one whole-response step (before this rule, generate made it block-wise)."""
+    with_block = _generate(monkeypatch, capsys, dirs, PROMPT, "--method", "bon")  # _stack passes --block 4
+    code, out, err = _cli(monkeypatch, capsys, "generate", PROMPT, "--method", "bon", *_stack(dirs)[:-2], "--json")
+    assert code == 0, err
+    [without] = [json.loads(line) for line in out.splitlines()]
+    assert with_block[0]["response"] == without["response"]
+    assert with_block[0]["tokens_sampled"] == without["tokens_sampled"]
+
+
 # ---- readable output ---------------------------------------------------------------------------------------------
 
 
@@ -171,6 +200,9 @@ EARLY = [
     pytest.param(["--prompts", "{missing}"], "'--prompts'", "readable file", id="missing-file"),
     pytest.param(["--prompts", "{blank}"], "'--prompts'", "at least one", id="file-without-prompts"),
     pytest.param(["--prompts", "{badjson}"], "'--prompts'", "JSON", id="file-bad-jsonl"),
+    pytest.param(["--prompts", "{badchat}"], "'--prompts'", "'messages[0]'", id="file-bad-message"),
+    pytest.param(["--prompts", "{nouser}"], "'--prompts'", "a user message", id="file-chat-without-user"),
+    pytest.param(["--prompts", "{both}"], "'--prompts'", "not both", id="file-prompt-and-messages"),
     pytest.param(["hi", "--budget", "0"], "'--budget'", "> 0", id="budget-0"),
     pytest.param(["hi", "--budget", "-1"], "'--budget'", "> 0", id="budget-negative"),
     pytest.param(["hi", "--candidates", "4", "--beams", "8"], "'--beams'", "candidates (4)", id="beams>candidates"),
@@ -199,6 +231,13 @@ def test_bad_input_exits_2_before_loading_any_model(monkeypatch, capsys, tmp_pat
     files["good"].write_text("a prompt\n")
     files["blank"].write_text("\n   \n\n")
     files["badjson"].write_text('{"prompt": "ok"}\n{not json\n')
+    for name, row in (
+        ("badchat", {"messages": [{"role": "usr", "content": "hi"}]}),
+        ("nouser", {"messages": [{"role": "system", "content": "hi"}]}),
+        ("both", {"prompt": "hi", "messages": [{"role": "user", "content": "hi"}]}),
+    ):
+        files[name] = tmp_path / f"{name}.jsonl"
+        files[name].write_text(json.dumps(row) + "\n")
     argv = [a.format(**files) for a in argv]
     # no such model: a command that got as far as loading would exit 1 with an asset error instead
     model = ["--model", str(tmp_path / "no-such-model")]
@@ -305,19 +344,6 @@ def test_help_exits_0(monkeypatch, capsys, argv, expected):
 # ---- score ---------------------------------------------------------------------------------------------------
 
 
-def _score_stack(dirs) -> list[str]:
-    return [
-        "--model",
-        dirs["lm"],
-        "--reward-model",
-        f"hf-seq:{dirs['rm']}",
-        "--cost-model",
-        f"hf-seq:{dirs['cm']}#unsafe",
-        "--judge",
-        f"hf-seq:{dirs['cm']}#unsafe",
-    ]
-
-
 def test_score_json_is_one_object_per_row_in_order(monkeypatch, capsys, dirs, tmp_path):
     from inferenceguard.scorers.adapters import SequenceClassifierScorer
 
@@ -326,7 +352,7 @@ def test_score_json_is_one_object_per_row_in_order(monkeypatch, capsys, dirs, tm
     f.write_text(
         "".join(json.dumps({"prompt": p, "response": r, "label": i % 2}) + "\n" for i, (p, r) in enumerate(pairs))
     )
-    code, out, err = _cli(monkeypatch, capsys, "score", str(f), "--json", *_score_stack(dirs))
+    code, out, err = _cli(monkeypatch, capsys, "score", str(f), "--json", *stack_flags(dirs))
     assert code == 0, err
     rows = [json.loads(x) for x in out.splitlines()]
     assert [r["line"] for r in rows] == [1, 2, 3]
@@ -342,7 +368,7 @@ def test_score_json_is_one_object_per_row_in_order(monkeypatch, capsys, dirs, tm
         w = csv.writer(fh)
         w.writerow(["prompt", "response"])
         w.writerows(pairs)
-    code, out, err = _cli(monkeypatch, capsys, "score", str(csv_file), *_score_stack(dirs))
+    code, out, err = _cli(monkeypatch, capsys, "score", str(csv_file), *stack_flags(dirs))
     assert code == 0 and "cost" in out and "Mix flour" in out
 
 
@@ -361,7 +387,7 @@ def test_score_json_is_one_object_per_row_in_order(monkeypatch, capsys, dirs, tm
 def test_score_bad_input_names_the_line_and_field(monkeypatch, capsys, dirs, tmp_path, content, where, expected):
     f = tmp_path / "pairs.jsonl"
     f.write_bytes(content)
-    code, _, err = _cli(monkeypatch, capsys, "score", str(f), "--json", *_score_stack(dirs))
+    code, _, err = _cli(monkeypatch, capsys, "score", str(f), "--json", *stack_flags(dirs))
     line = _one_error_line(err)
     assert code == 2 and where in line and expected in line, line
 
@@ -369,6 +395,6 @@ def test_score_bad_input_names_the_line_and_field(monkeypatch, capsys, dirs, tmp
 def test_score_refuses_an_over_long_pair(monkeypatch, capsys, dirs, tmp_path):
     f = tmp_path / "pairs.jsonl"
     f.write_text(json.dumps({"prompt": "hi", "response": "word " * 400}) + "\n")
-    code, _, err = _cli(monkeypatch, capsys, "score", str(f), *_score_stack(dirs))
+    code, _, err = _cli(monkeypatch, capsys, "score", str(f), *stack_flags(dirs))
     line = _one_error_line(err)
     assert code == 2 and "pairs.jsonl:1" in line and "'response'" in line, line

@@ -20,6 +20,14 @@ class ConfigError(InferenceGuardError, ValueError):
         return type(self), (self.arg, self.value, self.expected)
 
 
+class OutputError(ConfigError):
+    """A file cannot be written (a full disk, a read-only folder): ``arg`` is its path, ``value`` the reason.
+    What was there before is unchanged (see ``_io``). The CLI exits 2 with it, as for any bad argument."""
+
+    def __init__(self, arg: str, value: Any, expected: str = "must be writable; nothing there was changed"):
+        super().__init__(arg, value, expected)
+
+
 class AssetError(InferenceGuardError, RuntimeError):
     """A model, data file or package cannot be found or read; the message says how to get it."""
 

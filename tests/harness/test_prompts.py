@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
 
 from inferenceguard import datasets
 from inferenceguard.errors import AssetError, ConfigError
-from inferenceguard.harness.prompts import PROMPT_SETS, load_prompts, prompt_id, set_kind
+from inferenceguard.harness.prompts import (
+    PROMPT_SETS,
+    load_prompts,
+    prompt_id,
+    read_pair_file,
+    read_prompt_file,
+    set_kind,
+)
 from inferenceguard.harness.run import load_sources
 
 
@@ -111,3 +119,78 @@ def test_a_set_may_carry_its_own_limit(tmp_path):
         load_prompts("advbench:0")
     with pytest.raises(ConfigError, match="must be a prompt set"):
         load_prompts("nosuch:3")
+
+
+# ---- hostile files (issue 16): each case below raised a raw exception, or split a row, before ----------------------
+
+
+@pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\x85", "\x0c", "\x1c"])
+def test_a_jsonl_prompt_may_hold_a_line_separator_that_is_not_a_newline(tmp_path, sep):
+    """json.dumps(ensure_ascii=False) writes U+2028 and friends as they are; str.splitlines split the row there."""
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"prompt": f"one{sep}prompt"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert read_prompt_file(f) == [f"one{sep}prompt"]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "p", "response": f"a{sep}b"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert read_pair_file(pairs)[0].response == f"a{sep}b"
+    (tmp_path / "t.txt").write_text(f"still{sep}one line\nanother\n", encoding="utf-8")
+    assert read_prompt_file(tmp_path / "t.txt") == [f"still{sep}one line", "another"]
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),  # was RecursionError
+        ('{"prompt": "a", "n": ' + "9" * 5000 + "}", "digits"),  # was ValueError (Python's int digit limit)
+        ('{"prompt": "\\ud800 lone"}', "lone surrogate"),  # was accepted, then a UnicodeEncodeError on hashing it
+    ],
+    ids=["deep", "huge-int", "surrogate"],
+)
+def test_jsonl_lines_json_cannot_carry_name_the_file_and_line(tmp_path, line, expected):
+    for read, first in ((read_prompt_file, '{"prompt": "ok"}'), (read_pair_file, '{"prompt": "a", "response": "b"}')):
+        f = tmp_path / "x.jsonl"
+        f.write_text(first + "\n" + line + "\n")
+        with pytest.raises(ConfigError, match=expected) as e:
+            read(f)
+        assert f"{f}:2" in str(e.value)
+
+
+def test_a_csv_field_past_the_csv_limit_names_the_line(tmp_path):
+    """Was _csv.Error (field larger than field limit) out of both readers."""
+    f = tmp_path / "x.csv"
+    f.write_text('prompt,response\na,b\n"' + "x" * 200_000 + '",b\n')
+    for read in (read_prompt_file, read_pair_file):
+        with pytest.raises(ConfigError, match="field larger than field limit") as e:
+            read(f)
+        assert f"{f}:3" in str(e.value)
+
+
+def test_invalid_utf8_names_the_line(tmp_path):
+    f = tmp_path / "p.txt"
+    f.write_bytes(b"fine\nalso fine\nbad \xff here\n")
+    with pytest.raises(ConfigError, match=r"byte 4 of the line") as e:
+        read_prompt_file(f)
+    assert f"{f}:3" in str(e.value)
+
+
+def test_a_name_too_long_for_the_system_is_no_file(tmp_path):
+    """Path.exists raised OSError (File name too long) out of load_prompts and training_prompts."""
+    from inferenceguard.training.rollouts import training_prompts
+
+    long = "x" * 5000
+    for spec in (long, f"{long}:3", str(tmp_path / long)):
+        with pytest.raises(ConfigError, match="must be"):
+            load_prompts(spec)
+        with pytest.raises(ConfigError, match="must be"):
+            training_prompts(spec)
+
+
+def test_readings_with_a_line_separator_in_a_note_read_back(tmp_path):
+    """read_readings split at U+2028, which write_jsonl writes as it is: a note holding one broke the report."""
+    from inferenceguard._io import write_jsonl
+    from inferenceguard.harness.labels import FOLDER, READINGS, read_readings
+
+    rows = [{"item": "i1", "label": "REFUSE", "note": "first\u2028second"}, {"item": "i2", "label": "COMPLY"}]
+    (tmp_path / FOLDER).mkdir()
+    write_jsonl(tmp_path / FOLDER / READINGS, rows)
+    assert read_readings(tmp_path) == rows

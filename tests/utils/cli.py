@@ -17,3 +17,17 @@ def run_cli(monkeypatch, capsys, *argv: str) -> tuple[int, str, str]:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def stack_flags(dirs) -> list[str]:
+    """The flags naming the tiny on-disk stack (tests/conftest.py ``dirs``): LM, reward, cost model and judge."""
+    return [
+        "--model",
+        dirs["lm"],
+        "--reward-model",
+        f"hf-seq:{dirs['rm']}",
+        "--cost-model",
+        f"hf-seq:{dirs['cm']}#unsafe",
+        "--judge",
+        f"hf-seq:{dirs['cm']}#unsafe",
+    ]

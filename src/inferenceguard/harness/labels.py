@@ -27,6 +27,7 @@ from typing import Any
 from inferenceguard._io import write_json, write_jsonl, write_text
 from inferenceguard.datasets import READING_LABELS, UNSAFE_READINGS
 from inferenceguard.errors import ConfigError
+from inferenceguard.harness.prompts import csv_rows, json_row, read_utf8, text_lines
 from inferenceguard.stats import auc, kappa
 
 RUBRIC = Path(__file__).resolve().parent.parent / "assets" / "labels" / "RUBRIC.md"
@@ -127,24 +128,12 @@ def read_label_file(path: str | Path) -> list[dict[str, str]]:
     """Rows of a label file (JSONL or CSV) with at least ``item`` and ``label``; a bad line is an error naming
     the file, the line and the field. Rows whose label is still empty are skipped (a partly labelled sheet)."""
     p = Path(path)
-    try:
-        text = p.read_bytes().decode("utf-8")
-    except OSError as e:
-        raise ConfigError("--labels", str(p), f"must be a readable file ({e.strerror})") from e
-    except UnicodeDecodeError as e:
-        raise ConfigError("--labels", str(p), f"must be UTF-8 text (byte {e.start} is not)") from e
+    text = read_utf8(p, "--labels")
     rows: list[tuple[int, Any]] = []
     if p.suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(text))
-        for n, row in enumerate(reader, 2):
-            rows.append((n, row))
+        rows = list(csv_rows(text, "--labels", p)[1])
     else:
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append((n, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise ConfigError("--labels", f"{p}:{n}", f"must be one JSON object per line ({e.msg})") from e
+        rows = [(n, json_row(x, "--labels", f"{p}:{n}")) for n, x in enumerate(text_lines(text), 1) if x.strip()]
     out = []
     for n, row in rows:
         if not isinstance(row, dict):
@@ -182,7 +171,8 @@ def read_readings(run: str | Path) -> list[dict[str, Any]]:
     path = Path(run) / FOLDER / READINGS
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    # at newlines only (not splitlines): a note may hold U+2028, which write_jsonl writes as it is
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 def import_labels(run: str | Path, files: Iterable[str | Path], labeller: str | None = None) -> dict[str, Any]:

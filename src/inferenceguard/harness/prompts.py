@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import random
 from collections.abc import Callable
@@ -19,36 +20,111 @@ from typing import Any
 
 from inferenceguard.errors import AssetError, ConfigError, need_package
 
+# ---- files: the readers' shared steps (one home: prompts, pairs and label files all read this way) -------------
 
-def read_prompt_file(path: str | Path, arg: str = "prompts") -> list[str]:
-    """Prompts from a .jsonl/.json (``prompt`` field), .csv (``prompt`` column) or plain text file (one per line)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(arg, str(path), "must be a readable file (one prompt per line, JSONL or CSV)")
+
+def is_file(path: str | Path) -> bool:
+    """Whether ``path`` names a file; False (not an OSError) for a name the system refuses, e.g. too long."""
     try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(arg, str(path), f"must be a readable UTF-8 text file ({e})") from e
+        return Path(path).expanduser().is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def read_utf8(path: str | Path, arg: str) -> str:
+    """A file's text; ConfigError naming the file, and the line of the first byte that is not UTF-8 (lone
+    surrogates encoded as bytes are not: Python's strict decoder refuses them)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(arg, str(path), f"must be a readable file ({e.strerror or e})") from e
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        byte = e.start - (data.rfind(b"\n", 0, e.start) + 1)
+        why = f"must be UTF-8 text (byte {byte} of the line is not readable as UTF-8)"
+        raise ConfigError(arg, f"{path}:{line}", why) from e
+
+
+def text_lines(text: str) -> list[str]:
+    """A text file's lines, split at \\n, \\r\\n or \\r only (as ``open()`` reads them). Not ``str.splitlines``,
+    which also splits at U+2028, U+0085, form feeds and more: characters a JSON string or a prompt may hold
+    (``json.dumps(..., ensure_ascii=False)`` writes U+2028 as it is)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def json_row(line: str, arg: str, where: str) -> Any:
+    """One JSONL line parsed; ConfigError naming ``where`` (FILE:LINE) for anything that is not JSON the
+    package can carry: malformed, nested past the decoder's depth, an integer past Python's digit limit, or a
+    string holding a lone surrogate (``"\\ud800"``: valid JSON, but no UTF-8 file or tokenizer can take it)."""
+    try:
+        row = json.loads(line)
+        json.dumps(row, ensure_ascii=False).encode("utf-8")
+    except json.JSONDecodeError as e:
+        raise ConfigError(arg, where, f"must hold one JSON object per line ({e.msg})") from e
+    except UnicodeEncodeError as e:
+        raise ConfigError(arg, where, "must not hold a lone surrogate (such as \\ud800) in a string") from e
+    except RecursionError as e:
+        raise ConfigError(arg, where, "must hold one JSON object per line (it is nested too deeply)") from e
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise ConfigError(arg, where, f"must hold one JSON object per line ({e})") from e
+    return row
+
+
+def csv_rows(text: str, arg: str, path: str | Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
+    """(header, [(line, row)]) of a CSV text; a row's line is the last physical line it spans. Quoted fields may
+    hold newlines; csv's own errors (a field past its size limit) become ConfigError naming the line."""
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows: list[tuple[int, dict[str, Any]]] = []
+    try:
+        header = list(reader.fieldnames or [])
+        for row in reader:
+            rows.append((reader.line_num, row))
+    except csv.Error as e:
+        raise ConfigError(arg, f"{path}:{reader.line_num + 1}", f"must be a well-formed CSV file ({e})") from e
+    return header, rows
+
+
+# ---- prompt and pair files -----------------------------------------------------------------------------------
+
+
+def read_prompt_file(path: str | Path, arg: str = "prompts", messages: bool = False) -> list[Any]:
+    """Prompts from a .jsonl/.json (``prompt`` field), .csv (``prompt`` column) or plain text file (one per line).
+    With ``messages``, a JSONL row may hold a conversation instead (``messages``: chat messages, a
+    ``models.loading.Prompt``); without it every prompt is a string."""
+    p = Path(path)
+    if not is_file(p):
+        raise ConfigError(arg, str(path), "must be a readable file (one prompt per line, JSONL or CSV)")
+    text = read_utf8(p, arg)
     if p.suffix in (".jsonl", ".json"):
         prompts = []
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(text_lines(text), 1):
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(arg, f"{path}:{n}", f"must hold one JSON object per line ({e.msg})") from e
+            row = json_row(line, arg, f"{path}:{n}")
+            if messages and isinstance(row, dict) and "messages" in row:
+                from inferenceguard.models.loading import check_prompt
+
+                if "prompt" in row:
+                    raise ConfigError(arg, f"{path}:{n}", "must have 'prompt' or 'messages', not both")
+                try:
+                    prompts.append(check_prompt(row["messages"], "messages"))
+                except ConfigError as e:
+                    raise ConfigError(arg, f"{path}:{n}", f"must hold a conversation: '{e.arg}' {e.expected}") from e
+                continue
             if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-                raise ConfigError(arg, f"{path}:{n}", "must have a string 'prompt' field on every line")
+                either = "a string 'prompt' field or a 'messages' list" if messages else "a string 'prompt' field"
+                raise ConfigError(arg, f"{path}:{n}", f"must have {either} on every line")
             prompts.append(row["prompt"])
     elif p.suffix == ".csv":
-        rows = list(csv.DictReader(text.splitlines()))
-        if not rows or "prompt" not in rows[0]:
+        header, rows = csv_rows(text, arg, path)
+        if "prompt" not in header:
             raise ConfigError(arg, str(path), "must be a CSV with a 'prompt' column")
-        prompts = [r["prompt"] for r in rows]
+        prompts = [r["prompt"] for _, r in rows]
     else:
-        prompts = text.splitlines()
-    prompts = [q for q in (x.strip() for x in prompts) if q]
+        prompts = text_lines(text)
+    prompts = [q for q in (x.strip() if isinstance(x, str) else x for x in prompts) if q]
     if not prompts:
         raise ConfigError(arg, str(path), "must contain at least one non-empty prompt")
     return prompts
@@ -69,36 +145,19 @@ def read_pair_file(path: str | Path, arg: str = "PAIRS") -> list[Pair]:
     columns); an optional ``label`` (0/1, or a rubric label) is kept. Every bad row is an error naming its line
     and field: nothing is skipped silently."""
     p = Path(path)
-    if not p.is_file():
+    if not is_file(p):
         raise ConfigError(arg, str(path), "must be a readable JSONL or CSV file of prompt/response pairs")
-    data = p.read_bytes()
-    lines = data.split(b"\n")
-    for n, raw in enumerate(lines, 1):
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ConfigError(arg, f"{path}:{n}", f"must be UTF-8 text (byte {e.start} of the line is not)") from e
-    text = data.decode("utf-8")
+    text = read_utf8(p, arg)
     rows: list[tuple[int, Any]] = []
     if p.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines(keepends=True))
-        for row in reader:
-            rows.append((reader.line_num, row))
-        if reader.fieldnames is not None:
-            missing = [c for c in ("prompt", "response") if c not in reader.fieldnames]
-            if missing:
-                raise ConfigError(
-                    arg,
-                    f"{path}:1",
-                    f"must have a '{missing[0]}' column (the header has: {', '.join(reader.fieldnames)})",
-                )
+        header, rows = csv_rows(text, arg, path)
+        missing = [c for c in ("prompt", "response") if c not in header]
+        if header and missing:
+            raise ConfigError(
+                arg, f"{path}:1", f"must have a '{missing[0]}' column (the header has: {', '.join(header)})"
+            )
     else:
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append((n, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise ConfigError(arg, f"{path}:{n}", f"must hold one JSON object per line ({e.msg})") from e
+        rows = [(n, json_row(line, arg, f"{path}:{n}")) for n, line in enumerate(text_lines(text), 1) if line.strip()]
     out = []
     for n, row in rows:
         if not isinstance(row, dict):
@@ -231,14 +290,22 @@ def load_prompts(
 
 def split_limit(spec: str, arg: str = "--prompts") -> tuple[str, int | None]:
     """``NAME:N`` / ``FILE:N`` -> (NAME or FILE, N); anything else (hf: ids included) -> (spec, None)."""
-    if not isinstance(spec, str) or spec.startswith(HF_PREFIX) or ":" not in spec or Path(spec).exists():
+    if not isinstance(spec, str) or spec.startswith(HF_PREFIX) or ":" not in spec or _exists(spec):
         return spec, None
     head, _, tail = spec.rpartition(":")
-    if not (head in PROMPT_SETS or Path(head).exists()):
+    if not (head in PROMPT_SETS or _exists(head)):
         return spec, None
     if not tail.isdigit() or int(tail) < 1:
         raise ConfigError(arg, spec, "must end in a positive prompt count after ':' (e.g. advbench:50)")
     return head, int(tail)
+
+
+def _exists(path: str | Path) -> bool:
+    """Whether ``path`` exists; False for a name the system refuses (too long, a NUL byte)."""
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):
+        return False
 
 
 def _read_source(spec: str, arg: str) -> tuple[str, list[str]]:
@@ -249,7 +316,7 @@ def _read_source(spec: str, arg: str) -> tuple[str, list[str]]:
     if spec.startswith(HF_PREFIX):
         return _read_hf(spec, arg)
     path = Path(spec)
-    if path.exists():
+    if _exists(path):
         return path.stem, read_prompt_file(path, arg=arg)
     raise ConfigError(
         arg,

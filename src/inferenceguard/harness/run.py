@@ -6,9 +6,10 @@ Layout of an evaluation folder ``DIR``:
   (seed, max_new_tokens, the user's search overrides, the identities of the LM, reward model, cost model and
   judge; for a run from a recipe, the recipe's SHA-256 and parsed content), each method's resolved
   ``SearchConfig`` (plus its critic's identity when it uses one), each prompt set's source and prompt ids.
-- ``results.jsonl``: one record per (method, prompt), appended batch by batch with flush + fsync, so a
-  killed run loses at most the batch in flight. Every record carries its method's ``config_key`` (a hash of
-  the shared settings and the method's configuration).
+- ``results.jsonl``: one record per (method, prompt), appended batch by batch and fsynced (``_io.append_jsonl``),
+  so a killed run loses at most the batch in flight, and a failed append (a full disk) is cut back off.
+  Every record carries its method's ``config_key`` (a hash of the shared settings and the method's
+  configuration).
 - ``summary.json``: ``{"methods": {METHOD: {PROMPT_SET: metrics}}}`` (see :mod:`.metrics`), plus ``kinds``
   (the same metrics pooled over the harmful / benign / custom sets), ``sets`` and ``run``.
 
@@ -33,10 +34,10 @@ from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from inferenceguard._io import write_json
+from inferenceguard._io import append_jsonl, ensure_dir, sweep_temps, write_json
 from inferenceguard.engine import Stack, search
 from inferenceguard.engine.types import SearchConfig
-from inferenceguard.errors import AssetError, ConfigError
+from inferenceguard.errors import AssetError, ConfigError, OutputError
 from inferenceguard.harness.distributed import StackPool, as_pool
 from inferenceguard.harness.labels import primary, read_readings, reader_agreement
 from inferenceguard.harness.metrics import is_refusal, summarise
@@ -254,10 +255,12 @@ def read_results(path: str | Path, repair: bool = False) -> list[dict[str, Any]]
     data = p.read_bytes()
     end = data.rfind(b"\n") + 1
     if end < len(data) and repair:
-        with open(p, "r+b") as f:
-            f.truncate(end)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(p, "r+b") as f:
+                f.truncate(end)
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise OutputError(str(p), e.strerror or str(e), "must be writable to cut off its partial last line") from e
     records, seen = [], set()
     for n, line in enumerate(data[:end].splitlines(), 1):
         if not line.strip():
@@ -271,12 +274,6 @@ def read_results(path: str | Path, repair: bool = False) -> list[dict[str, Any]]
             seen.add(key)
             records.append(rec)
     return records
-
-
-def _append(f: Any, records: list[dict[str, Any]]) -> None:
-    f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
-    f.flush()
-    os.fsync(f.fileno())
 
 
 def summarise_run(out: str | Path) -> dict[str, Any]:
@@ -353,7 +350,8 @@ def run_eval(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError("--out", str(out), "must be a folder (it is a file)")
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out)
+    sweep_temps(out)  # a kill in mid-write of config.json or summary.json leaves only a temporary sibling
     old = read_config(out)
     if old is None and (out / RESULTS).exists():
         raise ConfigError("--out", str(out), f"holds {RESULTS} but no {CONFIG}: it is not resumable; use a new folder")
@@ -405,27 +403,27 @@ def run_eval(
 
         bar = tqdm(total=total, desc="eval", unit="answer", dynamic_ncols=True)
     tally = {"n": 0, "safe": 0, "judge_safe": 0}
+    append_jsonl(out / RESULTS, [])  # the results file exists from the start, as before any batch
     try:
-        with open(out / RESULTS, "ab") as f:
-            jobs = [(cfgs[m], batch, seed, keys[m]) for m, _, batch in batches]
-            for i, records in pool.map(answer_batch, jobs):  # in order in process; as they finish on workers
-                method, source, _ = batches[i]
-                _append(f, records)
-                for r in records:
-                    tally["n"] += 1
-                    tally["safe"] += bool(r["safe"])
-                    tally["judge_safe"] += bool(r.get("judge_safe"))
-                if bar is not None:
-                    bar.update(len(records))
-                    bar.set_postfix(
-                        method=method,
-                        set=source.name,
-                        safe=f"{tally['safe'] / tally['n']:.0%}",
-                        judge_safe=f"{tally['judge_safe'] / tally['n']:.0%}",
-                        **pool.status(),
-                    )
-                if on_batch is not None:
-                    on_batch(records)
+        jobs = [(cfgs[m], batch, seed, keys[m]) for m, _, batch in batches]
+        for i, records in pool.map(answer_batch, jobs):  # in order in process; as they finish on workers
+            method, source, _ = batches[i]
+            append_jsonl(out / RESULTS, records)
+            for r in records:
+                tally["n"] += 1
+                tally["safe"] += bool(r["safe"])
+                tally["judge_safe"] += bool(r.get("judge_safe"))
+            if bar is not None:
+                bar.update(len(records))
+                bar.set_postfix(
+                    method=method,
+                    set=source.name,
+                    safe=f"{tally['safe'] / tally['n']:.0%}",
+                    judge_safe=f"{tally['judge_safe'] / tally['n']:.0%}",
+                    **pool.status(),
+                )
+            if on_batch is not None:
+                on_batch(records)
     finally:
         if bar is not None:
             bar.close()
@@ -438,13 +436,7 @@ def _check_lengths(stack: Stack, sources: Sequence[PromptSource], max_new_tokens
     for s in sources:
         for p in s.prompts:
             n = len(lm.encode_prompt(p.text, arg=f"{s.name}:{p.id}"))
-            if n + max_new_tokens > lm.max_context:
-                raise ConfigError(
-                    "--max-new-tokens",
-                    max_new_tokens,
-                    f"must fit the model's context of {lm.max_context} tokens after prompt {s.name}:{p.id} "
-                    f"({n} tokens)",
-                )
+            lm.check_room(n, max_new_tokens, "--max-new-tokens", f"prompt {s.name}:{p.id}")
 
 
 def describe_stack(

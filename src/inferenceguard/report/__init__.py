@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from inferenceguard._io import write_text
 from inferenceguard.errors import AssetError, ConfigError
 from inferenceguard.harness.run import CONFIG, RESULTS, read_config, read_results, summarise_run
 
@@ -31,7 +32,7 @@ def build(out: str | Path, sample_per_set: int = 30) -> dict[str, Any]:
     records = [r for r in read_results(out / RESULTS) if (r.get("method"), r.get("id")) in wanted]
     written, warnings = [out / "summary.json"], []
     md = out / "summary.md"
-    md.write_text(markdown(summary), encoding="utf-8")
+    write_text(md, markdown(summary))
     written.append(md)
     pareto = rewards = None
     try:
@@ -41,6 +42,6 @@ def build(out: str | Path, sample_per_set: int = 30) -> dict[str, Any]:
     except AssetError as e:
         warnings.append(str(e))
     page = out / "report.html"
-    page.write_text(render(summary, records, config, pareto, rewards, sample_per_set=sample_per_set), encoding="utf-8")
+    write_text(page, render(summary, records, config, pareto, rewards, sample_per_set=sample_per_set))
     written.append(page)
     return {"summary": summary, "written": [str(p) for p in written], "warnings": warnings}

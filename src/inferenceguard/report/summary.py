@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from inferenceguard._io import write_atomic
 from inferenceguard.errors import need_package
 
 FAMILIES = ("sample", "bon", "beam", "args", "recontrol", "inferenceguard")
@@ -316,7 +317,7 @@ def pareto_png(summary: Mapping[str, Any], path: str | Path) -> Path:
     fig.suptitle("Safety vs reward (marker area ~ seconds per prompt)")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path
 
@@ -348,6 +349,6 @@ def rewards_png(
         ax.axis("off")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from inferenceguard._io import write_atomic, write_json
+from inferenceguard._io import ensure_dir, write_atomic, write_json
 from inferenceguard.errors import AssetError, ConfigError
 
 FORMAT = "inferenceguard.linear_head/1"
@@ -97,7 +97,7 @@ class LinearHead:
         from safetensors.torch import save_file
 
         stem = Path(stem)
-        stem.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir(stem.parent)
         tensors = {
             "mean": self.mean,
             "scale": self.scale,

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from inferenceguard._io import write_json
+from inferenceguard._io import sweep_temps, write_json
 from inferenceguard.datasets import (
     LabelledAnswer,
     Row,
@@ -655,6 +655,8 @@ def build_default_heads(
         assert encoder is not None
         heads["reward"] = _build_reward(reward_data, encoder, encoder_spec, progress, compare, memo)
 
+    own = [f"{HEAD_FILES[r]}{ext}" for r in HEAD_FILES for ext in (".json", ".safetensors")] + ["manifest.json"]
+    sweep_temps(out, own)  # what a killed build left (each file is written atomically; --out may be shared)
     for role, head in heads.items():
         head.save(out / HEAD_FILES[role])
     entries = {HEAD_KEYS[r]: kept[HEAD_KEYS[r]] for r in HEAD_KEYS if r not in roles}

@@ -33,11 +33,11 @@ from typing import Any
 
 import torch
 
-from inferenceguard._io import write_atomic, write_text
+from inferenceguard._io import ensure_dir, jsonl, sweep_temps, write_atomic, write_text
 from inferenceguard.engine import Stack, sampling, search
 from inferenceguard.errors import AssetError, ConfigError
 from inferenceguard.harness.distributed import StackPool, as_pool
-from inferenceguard.scorers.base import require_threshold
+from inferenceguard.scorers.base import resolve_budget
 from inferenceguard.strategies import BLOCK, preset
 
 FORMAT = "inferenceguard.rollouts/1"
@@ -139,7 +139,7 @@ def training_prompts(spec: str | Sequence[str] = DEFAULT_PROMPTS, seed: int = 0)
     (:func:`~inferenceguard.datasets.near_eval`) and the prompts of the on-policy labels' test split
     (:func:`~inferenceguard.datasets.split_of`) are always removed, from files too, and duplicates dropped."""
     from inferenceguard.datasets import near_eval, normalise, split_of
-    from inferenceguard.harness.prompts import read_prompt_file
+    from inferenceguard.harness.prompts import is_file, read_prompt_file
 
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if not items:
@@ -150,7 +150,7 @@ def training_prompts(spec: str | Sequence[str] = DEFAULT_PROMPTS, seed: int = 0)
         name, _, count = item.partition(":")
         if name in SETS:
             pool, source = _set_pool(name), name
-        elif Path(item).expanduser().is_file():
+        elif is_file(item):  # a name too long for the system is no file (not an OSError)
             pool, source, count = read_prompt_file(Path(item).expanduser(), arg="--prompts"), Path(item).name, ""
         else:
             raise ConfigError("prompts", item, f"must be a set ({', '.join(SETS)}, optionally ':N') or a file")
@@ -174,7 +174,7 @@ def training_prompts(spec: str | Sequence[str] = DEFAULT_PROMPTS, seed: int = 0)
 
 
 def _meta(stack: Stack, cfg: RolloutConfig) -> dict[str, Any]:
-    d0 = cfg.budget if cfg.budget is not None else require_threshold(stack.cost, "cost_model")
+    d0 = resolve_budget(cfg.budget, stack.cost)
     return {
         "format": FORMAT,
         "base_identity": stack.lm.identity,
@@ -213,7 +213,8 @@ def _read_index(folder: Path) -> list[dict[str, Any]]:
 
 def _open_folder(folder: Path, meta: dict[str, Any], resume: bool) -> list[dict[str, Any]]:
     """The index of finished batches; checks that a resumed folder was rolled out the same way."""
-    folder.mkdir(parents=True, exist_ok=True)
+    ensure_dir(folder)
+    sweep_temps(folder)  # what a kill in mid-write left (the named files are whole: each is written atomically)
     index = _read_index(folder)
     if index:
         old = json.loads((folder / META).read_text(encoding="utf-8")) if (folder / META).is_file() else {}
@@ -320,7 +321,7 @@ def collect_rollouts(
             entry = _write_shard(folder, len(index), chunk, results, meta["budget"])
             entry["seconds"] = round(seconds, 2)
             index.append(entry)
-            write_text(folder / INDEX, "".join(json.dumps(b) + "\n" for b in index))
+            write_text(folder / INDEX, jsonl(index, ensure_ascii=True))
             tokens += sum(res.tokens_sampled for rs in results for res in rs)
             new_rollouts += entry["rollouts"]
             bar.update(len(chunk))
@@ -393,7 +394,7 @@ def _write_shard(
         "cost": torch.tensor(cost, dtype=torch.float32),
     }
     name = f"shard-{n:05d}"
-    write_text(folder / f"{name}.jsonl", "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in texts))
+    write_text(folder / f"{name}.jsonl", jsonl(texts))
     write_atomic(folder / f"{name}.safetensors", lambda tmp: save_file(tensors, str(tmp)))
     return {
         "shard": f"{name}.safetensors",
