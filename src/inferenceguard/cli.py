@@ -159,7 +159,7 @@ def generate(
     _env()
     from inferenceguard.guard import Guard
     from inferenceguard.harness.prompts import read_prompt_file
-    from inferenceguard.strategies import preset
+    from inferenceguard.strategies import preset, user_name
 
     if (prompt is None) == (prompts is None):
         raise ConfigError("prompt", prompt, "must be given either as an argument or with --prompts FILE (not both)")
@@ -186,8 +186,7 @@ def generate(
     try:
         cfg = preset(method, **settings)  # resolved once, before any model loads
     except ConfigError as e:  # name the flag the user typed ('keep' is --beams)
-        flag = "--beams" if e.arg == "keep" else "--" + e.arg.replace("_", "-")
-        raise ConfigError(flag, e.value, e.expected) from e
+        raise ConfigError("--" + user_name(e.arg).replace("_", "-"), e.value, e.expected) from e
     guard = Guard(model, reward_model, cost_model, critic=critic, device=device, dtype=dtype)
     results = guard.generate(items, cfg, seed=seed, batch_size=batch_size, progress=not as_json)
     if as_json:

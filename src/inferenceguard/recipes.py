@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from inferenceguard.errors import ConfigError, need_package
 from inferenceguard.harness.run import parse_methods, resolve_methods
-from inferenceguard.strategies import PRESETS
+from inferenceguard.strategies import PRESETS, preset_name, user_name
 
 SHARED = (
     "budget",
@@ -199,10 +199,10 @@ class Recipe:
     def method_settings(self, given: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
         """method -> its own settings as ``strategies.preset`` names them (``beams`` is ``keep``), leaving out
         each setting in ``given`` (the flags given on the command line, which win over the recipe)."""
-        skip = {_preset_name(g) for g in given}
+        skip = {preset_name(g) for g in given}
         out = {}
         for name, ms in self.spec.methods.items():
-            own = {_preset_name(k): v for k, v in ms.model_dump(exclude_none=True).items()}
+            own = {preset_name(k): v for k, v in ms.model_dump(exclude_none=True).items()}
             out[name] = {k: v for k, v in own.items() if k not in skip}
         return out
 
@@ -230,7 +230,7 @@ def load_recipe(path: str | Path) -> Recipe:
             raise ConfigError(
                 f"{path}: methods.{name}", name, f"must be one of run.methods ({', '.join(spec.run.methods)})"
             )
-        fixed = sorted(_recipe_name(k) for k in PRESETS[name].fixed & _preset_names(own))
+        fixed = sorted(user_name(k) for k in PRESETS[name].fixed & _preset_names(own))
         if fixed:
             raise ConfigError(
                 f"{path}: methods.{name}.{fixed[0]}",
@@ -241,31 +241,21 @@ def load_recipe(path: str | Path) -> Recipe:
     return recipe
 
 
-def _preset_name(key: str) -> str:
-    """A recipe's (and eval's) setting name as ``strategies.preset`` names it: ``beams`` is K, ``keep``."""
-    return "keep" if key == "beams" else key
-
-
-def _recipe_name(key: str) -> str:
-    """The inverse of :func:`_preset_name`."""
-    return "beams" if key == "keep" else key
-
-
 def _preset_names(own: MethodSettings) -> set[str]:
-    return {_preset_name(k) for k in own.model_dump(exclude_none=True)}
+    return {preset_name(k) for k in own.model_dump(exclude_none=True)}
 
 
 def validate(recipe: Recipe) -> None:
     """Resolve every method's configuration as eval will without flags, naming the recipe table a bad
     combination comes from (e.g. beams > candidates). eval checks again once the flags are applied."""
     spec = recipe.spec
-    shared = {_preset_name(k): getattr(spec.settings, k) for k in SHARED}
+    shared = {preset_name(k): getattr(spec.settings, k) for k in SHARED}
     own = recipe.method_settings()
     mnt = spec.run.max_new_tokens or 64
     for m in spec.run.methods:
         try:
             resolve_methods([m], mnt, {k: v for k, v in shared.items() if v is not None}, own)
         except ConfigError as e:
-            arg = _recipe_name(e.arg)
+            arg = user_name(e.arg)
             where = f"methods.{m}.{arg}" if arg in own.get(m, {}) or e.arg in own.get(m, {}) else f"settings.{arg}"
             raise ConfigError(f"{recipe.path}: {where} (method {m})", e.value, e.expected) from e

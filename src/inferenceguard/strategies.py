@@ -276,6 +276,19 @@ def weights(cfg: SearchConfig) -> dict[str, str]:
     return out
 
 
+USER_NAMES = {"keep": "beams"}  # a setting users (flags, recipes, eval) name otherwise than the engine does: K
+
+
+def user_name(key: str) -> str:
+    """A preset setting as users name it (``keep`` is ``beams``: K, the beams kept): the one translation."""
+    return USER_NAMES.get(key, key)
+
+
+def preset_name(key: str) -> str:
+    """The inverse of :func:`user_name`: a user's setting name as :func:`preset` takes it."""
+    return next((k for k, v in USER_NAMES.items() if v == key), key)
+
+
 def preset(method: str, **overrides: Any) -> SearchConfig:
     """The named method's configuration with user overrides (None values are ignored), validated.
 

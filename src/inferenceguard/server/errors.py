@@ -24,11 +24,12 @@ from inferenceguard.errors import ConfigError, InferenceGuardError
 from inferenceguard.server.metrics import Metrics
 from inferenceguard.server.protocol import APIError, ErrorInfo, ErrorResponse
 from inferenceguard.server.settings import ServerSettings
+from inferenceguard.strategies import USER_NAMES
 
 logger = logging.getLogger("inferenceguard.server")
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/moderations", "/v1/models", "/health", "/metrics")
-ENGINE_PARAMS = {"keep": "beams", "max_new_tokens": "max_tokens"}  # engine argument -> request field
+ENGINE_PARAMS = {**USER_NAMES, "max_new_tokens": "max_tokens"}  # engine argument -> request field
 
 
 def error_body(e: APIError) -> dict:
