@@ -77,6 +77,10 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
         _fsync_dir(path.parent)
     except OSError as e:
         raise _failed(path, e) from e
+    except Exception as e:  # safetensors writes from Rust: a full disk is a SafetensorError, not an OSError
+        if type(e).__name__ != "SafetensorError":
+            raise
+        raise OutputError(str(path), str(e)) from e
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)

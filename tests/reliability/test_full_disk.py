@@ -178,3 +178,23 @@ def test_a_sweep_with_names_leaves_other_writers_temporary_files(tmp_path):
         p.write_text("half")
     assert _io.sweep_temps(tmp_path, ["critic.json", "critic.safetensors"]) == [mine]
     assert theirs.exists() and not mine.exists()
+
+
+def test_a_safetensors_write_on_a_full_disk_is_an_output_error_and_keeps_the_old_file(tmp_path, monkeypatch):
+    """safetensors writes from Rust: its full-disk error is a SafetensorError, not an OSError."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from inferenceguard.critic import LatentCritic, save_critic
+
+    critic = LatentCritic(hidden_size=8, width=4, depth=1)
+    save_critic(critic, tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(OutputError, match="No space left on device"):
+        save_critic(LatentCritic(hidden_size=8, width=4, depth=1), tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -351,7 +351,9 @@ def run_eval(
     if out.exists() and not out.is_dir():
         raise ConfigError("--out", str(out), "must be a folder (it is a file)")
     ensure_dir(out)
-    sweep_temps(out)  # a kill in mid-write of config.json or summary.json leaves only a temporary sibling
+    # a kill in mid-write of one of the run's files leaves only a temporary sibling; --out is the user's folder,
+    # so only the run's own files' leftovers go (the report's too: eval writes it at the end)
+    sweep_temps(out, (CONFIG, SUMMARY, "summary.md", "pareto.png", "rewards.png", "report.html"))
     old = read_config(out)
     if old is None and (out / RESULTS).exists():
         raise ConfigError("--out", str(out), f"holds {RESULTS} but no {CONFIG}: it is not resumable; use a new folder")

@@ -317,8 +317,10 @@ def pareto_png(summary: Mapping[str, Any], path: str | Path) -> Path:
     fig.suptitle("Safety vs reward (marker area ~ seconds per prompt)")
     fig.tight_layout()
     path = Path(path)
-    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -349,6 +351,8 @@ def rewards_png(
         ax.axis("off")
     fig.tight_layout()
     path = Path(path)
-    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
     return path
