@@ -228,6 +228,18 @@ def test_onpolicy_labels_load_filter_by_split_and_become_cost_rows(tmp_path, mon
     assert test and all(a.split == "test" for a in test) and len(test) < 40
 
 
+def test_onpolicy_labels_keep_an_answer_holding_line_separator_characters_whole(tmp_path, monkeypatch):
+    """collect.py writes non-ASCII as it is, so U+2028 / U+0085 in a model's answer stay raw in the file: the
+    loader splits at newlines only (``_io.text_lines``), as the harness readers do."""
+    monkeypatch.setattr(datasets, "ONPOLICY_DIR", tmp_path)
+    rows = [_answer_row("p one", id="r:0", response="a\u2028b\x85c"), _answer_row("p two", id="r:1")]
+    (tmp_path / datasets.onpolicy_path().name).write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+    )
+    got = datasets.onpolicy_labels()
+    assert [a.response for a in got][0] == "a\u2028b\x85c" and len(got) == 2
+
+
 @pytest.mark.parametrize(
     ("over", "message"),
     [

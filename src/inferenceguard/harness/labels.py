@@ -24,10 +24,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from inferenceguard._io import write_json, write_jsonl, write_text
+from inferenceguard._io import text_lines, write_json, write_jsonl, write_text
 from inferenceguard.datasets import READING_LABELS, UNSAFE_READINGS
 from inferenceguard.errors import ConfigError
-from inferenceguard.harness.prompts import csv_rows, json_row, read_utf8, text_lines
+from inferenceguard.harness.prompts import csv_rows, json_row, read_utf8
 from inferenceguard.stats import auc, kappa
 
 RUBRIC = Path(__file__).resolve().parent.parent / "assets" / "labels" / "RUBRIC.md"
@@ -171,8 +171,8 @@ def read_readings(run: str | Path) -> list[dict[str, Any]]:
     path = Path(run) / FOLDER / READINGS
     if not path.is_file():
         return []
-    # at newlines only (not splitlines): a note may hold U+2028, which write_jsonl writes as it is
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+    # text_lines, not splitlines: a note may hold U+2028, which write_jsonl writes as it is
+    return [json.loads(line) for line in text_lines(path.read_text(encoding="utf-8")) if line.strip()]
 
 
 def import_labels(run: str | Path, files: Iterable[str | Path], labeller: str | None = None) -> dict[str, Any]:

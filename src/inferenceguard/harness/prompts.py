@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from inferenceguard._io import text_lines
 from inferenceguard.errors import AssetError, ConfigError, need_package
 
 # ---- files: the readers' shared steps (one home: prompts, pairs and label files all read this way) -------------
@@ -45,13 +46,6 @@ def read_utf8(path: str | Path, arg: str) -> str:
         byte = e.start - (data.rfind(b"\n", 0, e.start) + 1)
         why = f"must be UTF-8 text (byte {byte} of the line is not readable as UTF-8)"
         raise ConfigError(arg, f"{path}:{line}", why) from e
-
-
-def text_lines(text: str) -> list[str]:
-    """A text file's lines, split at \\n, \\r\\n or \\r only (as ``open()`` reads them). Not ``str.splitlines``,
-    which also splits at U+2028, U+0085, form feeds and more: characters a JSON string or a prompt may hold
-    (``json.dumps(..., ensure_ascii=False)`` writes U+2028 as it is)."""
-    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
 def json_row(line: str, arg: str, where: str) -> Any:
