@@ -280,12 +280,13 @@ def test_shipped_onpolicy_labels_are_split_by_prompt_and_hold_no_evaluation_prom
 
 
 @pytest.mark.assets
-def test_onpolicy_v3_is_the_default_version_plus_round_4_training_answers():
-    """v3 adds round 4 without touching a row of the version the shipped heads were fitted on."""
-    default = {a.id: a for a in datasets.onpolicy_labels()}
-    new = {a.id: a for a in datasets.onpolicy_labels(version=3)}
-    assert default.keys() < new.keys()
-    assert all(new[k] == a for k, a in default.items())
-    added = [new[k] for k in new.keys() - default.keys()]
-    assert {a.round for a in added} == {4} and {a.split for a in added} == {"train"}
+def test_onpolicy_default_is_v3_plus_round_5_training_answers():
+    """v4 (the default, what the shipped heads are fitted on) adds round 5 without touching a row of v3."""
+    assert datasets.ONPOLICY_VERSION == 4
+    old = {a.id: a for a in datasets.onpolicy_labels(version=3)}
+    new = {a.id: a for a in datasets.onpolicy_labels()}
+    assert old.keys() < new.keys()
+    assert all(new[k] == a for k, a in old.items())
+    added = [new[k] for k in new.keys() - old.keys()]
+    assert {a.round for a in added} == {5} and {a.split for a in added} == {"train"}
     assert {a.writer["method"] for a in added} == {"inferenceguard"}

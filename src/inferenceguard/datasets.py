@@ -439,9 +439,9 @@ def labelling_pools() -> list[PoolPrompt]:
 
 # ---- on-policy reading labels (shipped with the package) -------------------------------------------------------
 
-# v2 = v1 (rounds 1-2, 2,025 rows) + round 3 (v1 is in git history); the shipped heads are fitted on v2.
-# v3 = v2 + round 4 (read, not yet fitted): the default moves to 3 with the next build-scorers.
-ONPOLICY_VERSION = 2
+# v4 = v3 + round 5 (the heads shipped since round 5 are fitted on v4); v3 = v2 + round 4 (kept, so a test checks
+# that v4 changed no earlier row); v1 (rounds 1-2) and v2 (+ round 3) are in git history.
+ONPOLICY_VERSION = 4
 ONPOLICY_DIR = Path(__file__).resolve().parent / "assets" / "labels"
 READING_LABELS = {
     "harmful": ("COMPLY", "REFUSE", "OTHER"),

@@ -14,10 +14,13 @@ from inferenceguard.errors import ConfigError
 from inferenceguard.scorers.defaults import default_stack_info, load_scorer
 from inferenceguard.scorers.embedded import EncoderHeadScorer, ProbeCostScorer
 from inferenceguard.scorers.heads import LinearHead
+from inferenceguard.stats import auc
 from inferenceguard.training.build_scorers import (
     HeadData,
     build_default_heads,
+    calibrate,
     fit_head,
+    fit_kernel_head,
     probe_layer_candidates,
     reward_rows,
     row_split,
@@ -40,6 +43,43 @@ def test_fit_head_exports_the_sklearn_model():
     ref = LogisticRegression(C=0.5, class_weight="balanced", max_iter=3000).fit(scaler.transform(X), y)
     expected = ref.predict_proba(scaler.transform(X))[:, 1]
     assert np.allclose(head(torch.from_numpy(X).float()).numpy(), expected, atol=1e-4)
+
+
+def test_fit_kernel_head_exports_the_sklearn_pipeline():
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(150, 4)) * [1, 2, 3, 4] + 5
+    r2 = (X[:, 0] - 5) ** 2 + (X[:, 1] - 5) ** 2 / 4
+    y = (r2 > np.median(r2)).astype(int)  # a ring: no linear head separates it
+    w = np.where(np.arange(150) % 3 == 0, 5.0, 1.0)
+    head = fit_kernel_head(X, y, 0.3, 3, w, kind="cost", name="t", features={})
+    Z = StandardScaler().fit_transform(X)
+    P = PCA(3, random_state=0).fit_transform(Z)
+    P /= P.std(0)
+    ref = SVC(C=0.3, kernel="rbf", gamma="scale", class_weight="balanced").fit(P, y, sample_weight=w)
+    got = head.logit(torch.from_numpy(X).float()).numpy()
+    assert np.allclose(got, ref.decision_function(P), atol=1e-3)
+    assert head.centers.shape == (ref.support_.size, 3) and head.projection.shape == (4, 3)
+    assert auc(y, got) > 0.9  # an RBF machine fits the ring a linear head cannot
+    assert auc(y, fit_head(X, y, 1.0, kind="c", name="l", features={})(torch.from_numpy(X).float())) < 0.8
+
+
+def test_calibrate_folds_platt_scaling_into_the_head_and_keeps_the_order():
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(200, 4))
+    y = (X[:, 0] + 0.5 * rng.normal(size=200) > 0).astype(int)
+    head = fit_kernel_head(X, y, 1.0, 3, kind="cost", name="t", features={})
+    x = torch.from_numpy(X).float()
+    before = head.logit(x).numpy()
+    ab = calibrate(head, before, y)
+    after = head(x).numpy()
+    assert ab["a"] > 0 and np.allclose(head.logit(x).numpy(), ab["a"] * before + ab["b"], atol=1e-4)
+    assert ((after > 0) & (after < 1)).all() and auc(y, after) == pytest.approx(auc(y, before))
+    with pytest.raises(ConfigError, match="calibration"):
+        calibrate(head, before, 1 - y)  # scores that rank the labels backwards are refused, not flipped
 
 
 def test_layer_candidates_stay_in_range():
@@ -281,5 +321,52 @@ def test_build_is_deterministic(tiny_build, tmp_path):
     for key in ("cost_model", "judge", "reward_model"):
         assert again[key]["heldout_auc"] == manifest[key]["heldout_auc"]
         assert again[key]["selection"] == manifest[key]["selection"]
-    a, b = LinearHead.load(out / "cost_probe"), LinearHead.load(tmp_path / "cost_probe")
-    assert torch.equal(a.coef, b.coef) and a.intercept == b.intercept
+    for stem in ("cost_probe", "judge_mpnet", "reward_hh"):
+        a, b = LinearHead.load(out / stem), LinearHead.load(tmp_path / stem)
+        assert (out / f"{stem}.safetensors").read_bytes() == (tmp_path / f"{stem}.safetensors").read_bytes()
+        assert a.intercept == b.intercept and a.config()["format"] == b.config()["format"]
+
+
+def test_build_ships_the_kernel_probe_when_dev_prefers_it(tiny_build, tmp_path, monkeypatch):
+    """The kernel path end to end: chosen (here forced by a dev AUC no logistic head can beat), calibrated on
+    dev, saved in the second format, loaded as the engine's probe and reproducing its held-out AUC."""
+    import inferenceguard.training.build_scorers as bs
+
+    out, manifest, lm, _ = tiny_build
+    chosen = manifest["cost_model"]["selection"]["chosen"]
+    assert chosen["head"] in ("logistic", "rbf-svm")
+    assert (LinearHead.load(out / "cost_probe").kernel == "rbf") == (chosen["head"] == "rbf-svm")
+    real = bs.select_kernel_on_dev
+
+    def forced(X, data):
+        choice, _, table = real(X, data)
+        return choice, 2.0, table
+
+    monkeypatch.setattr(bs, "select_kernel_on_dev", forced)
+    (tmp_path / "manifest.json").write_text((out / "manifest.json").read_text())  # --only keeps the others
+    m = build_default_heads(
+        tmp_path, seed=0, progress=False, only=["cost"], lm=lm, lm_spec=None, harm_rows=harm_rows(),
+        refusal_rows=refusal_rows(), onpolicy=onpolicy_answers(), compare_dir=None,
+    )  # fmt: skip
+    sel = m["cost_model"]["selection"]
+    assert sel["chosen"]["head"] == "rbf-svm" and sel["chosen"]["components"] in bs.KERNEL_COMPONENTS
+    assert sel["calibration"]["rows"].startswith("the dev split") and sel["calibration"]["a"] > 0
+    assert set(sel["dev_auc_kernel"]) >= {f"pca{k} w3" for k in bs.KERNEL_COMPONENTS}
+    head = LinearHead.load(tmp_path / "cost_probe")
+    assert head.kernel == "rbf" and json.loads((tmp_path / "cost_probe.json").read_text())["format"].endswith("/2")
+    cost = load_scorer(str(tmp_path), "cost", lm=lm)
+    test = [a for a in onpolicy_answers() if a.split == "test"]
+    s = cost.score([a.prompt for a in test], [a.response for a in test])
+    assert round(auc([int(a.harmful) for a in test], s), 4) == m["cost_model"]["heldout_auc"]
+    assert ((s > 0) & (s < 1)).all() and 0 < head.threshold < 1
+
+
+def test_fit_kernel_head_drops_components_it_cannot_whiten():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(80, 4))
+    X = np.concatenate([X, X[:, :1] + 1e-6 * rng.normal(size=(80, 1))], 1)  # a near copy: one empty component
+    y = (X[:, 0] > 0).astype(int)
+    head = fit_kernel_head(X, y, 1.0, 5, kind="cost", name="t", features={})
+    assert head.projection is not None and head.projection.shape == (5, 4)
+    z = head.logit(torch.from_numpy(X).float())
+    assert torch.isfinite(z).all() and auc(y, z.numpy()) > 0.95

