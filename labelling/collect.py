@@ -1,6 +1,6 @@
 """Assemble the shipped on-policy labels from the labelling folder (docs/labelling.md, "Procedure").
 
-    .venv/bin/python labelling/collect.py [--out src/inferenceguard/assets/labels/onpolicy-v2.jsonl]
+    .venv/bin/python labelling/collect.py [--out src/inferenceguard/assets/labels/onpolicy-v4.jsonl]
 
 Reads, all under labelling/ (tracked, so nothing depends on a run folder surviving):
   sheets/<sheet>.jsonl        the blinded sheets readers saw (item, kind, prompt, response)

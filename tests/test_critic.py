@@ -123,3 +123,22 @@ def test_default_critic_loads_for_the_default_lm():
     assert isinstance(c, LatentCritic) and c.base_identity == lm.identity
     p, _ = c.evaluate(torch.zeros(3, lm.hidden_size), torch.tensor([1.0, 0.5, -1.0]))
     assert p.shape == (3,) and p[2] == 0
+
+
+def test_shipped_critic_was_trained_under_the_shipped_cost_model():
+    """The critic learns the cost model's notion of safety (its value targets are that model's costs), so a
+    rebuilt cost head without a retrained critic would guide the search by the old model: the critic's record
+    of the cost model it rolled out under must match the shipped head, and postdate its build."""
+    import json
+
+    from inferenceguard.critic import ASSET_DIR as CRITIC_DIR
+    from inferenceguard.scorers.embedded import ASSET_DIR as SCORER_DIR
+    from inferenceguard.scorers.heads import LinearHead
+
+    critic = json.loads((CRITIC_DIR / "critic.json").read_text())
+    manifest = json.loads((SCORER_DIR / "manifest.json").read_text())
+    cost = LinearHead.load(SCORER_DIR / "cost_probe")
+    assert critic["scorers"]["cost"] == cost.name and critic["scorers"]["cost_threshold"] == cost.threshold
+    assert critic["scorers"]["reward"] == LinearHead.load(SCORER_DIR / "reward_hh").name
+    built = manifest["cost_model"].get("built", manifest["built"])  # entries record their own date since --only
+    assert critic["created"] >= built, "retrain the critic after rebuilding the cost head"
