@@ -237,7 +237,7 @@ def test_onpolicy_labels_keep_an_answer_holding_line_separator_characters_whole(
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
     )
     got = datasets.onpolicy_labels()
-    assert [a.response for a in got][0] == "a\u2028b\x85c" and len(got) == 2
+    assert got[0].response == "a\u2028b\x85c" and len(got) == 2
 
 
 @pytest.mark.parametrize(
