@@ -15,8 +15,9 @@
 4. Choices (probe layers and prompt part, encoder parts, on-policy row weight, the L2 strength C), then
    StandardScaler + logistic regression is fitted and exported to a
    :class:`~inferenceguard.scorers.heads.LinearHead` (safetensors + JSON). The cost probe and the judge may
-   instead be a kernel machine on the chosen features (principal components + RBF SVM, :func:`fit_kernel_head`), when
-   that is better on dev; its decision value is calibrated to a probability on dev (:func:`calibrate`).
+   instead be a kernel machine on the chosen features (principal components + RBF SVM,
+   :func:`fit_kernel_head`), when that is better on dev; its decision value is calibrated to a probability on
+   dev (:func:`calibrate`).
 5. ``manifest.json`` records the data, the split, the choices, the held-out AUCs and the date. The probe
    is also scored on the first 32 and 64 tokens of each held-out response (labelled by the whole
    response), since the search scores prefixes at block boundaries.
@@ -126,34 +127,60 @@ def fit_head(
     )
 
 
+@dataclass
+class KernelBasis:
+    """The unsupervised half of :func:`fit_kernel_head`, fitted on the rows the SVM will see: the scaler, the
+    whitened principal components (``W``, ``offset``: standardised features -> unit-variance components) and
+    the rows projected (``P``). It depends on neither labels nor weights, so a grid over C and row weights
+    computes it once per component count."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    W: np.ndarray  # (F, k)
+    offset: np.ndarray  # (k,)
+    P: np.ndarray  # (N, k)
+
+    @classmethod
+    def fit(cls, X: np.ndarray, components: int) -> KernelBasis:
+        from sklearn.decomposition import PCA
+        from sklearn.preprocessing import StandardScaler
+
+        scaler = StandardScaler().fit(X)
+        Z = scaler.transform(X)
+        pca = PCA(min(components, *Z.shape), random_state=0).fit(Z)
+        # whitening a component with next to no variance would let noise dominate every distance: keep only
+        # those with at least MIN_COMPONENT_VARIANCE of the first's (on the shipped features the 384th has 0.0025)
+        k = int((pca.explained_variance_ >= MIN_COMPONENT_VARIANCE * pca.explained_variance_[0]).sum())
+        sd = np.sqrt(pca.explained_variance_[:k] * (len(Z) - 1) / len(Z))  # the components' std on these rows
+        W = pca.components_[:k].T / sd
+        return cls(scaler.mean_, scaler.scale_, W, -(pca.mean_ @ W), (Z - pca.mean_) @ W)
+
+
 def fit_kernel_head(
-    X: np.ndarray, y: np.ndarray, C: float, components: int, sample_weight: np.ndarray | None = None, **head: Any
+    X: np.ndarray,
+    y: np.ndarray,
+    C: float,
+    components: int,
+    sample_weight: np.ndarray | None = None,
+    basis: KernelBasis | None = None,
+    **head: Any,
 ) -> LinearHead:
-    """StandardScaler, PCA to ``components`` (each component scaled to unit variance on these rows), then an RBF
-    SVM (class-balanced, optionally row-weighted, gamma = 1 / (components * variance), sklearn's 'scale'),
-    exported to a LinearHead whose logit is the SVM's decision value."""
-    from sklearn.decomposition import PCA
-    from sklearn.preprocessing import StandardScaler
+    """StandardScaler, PCA to ``components`` (each component scaled to unit variance on these rows:
+    :class:`KernelBasis`, given as ``basis`` when already fitted on ``X``), then an RBF SVM (class-balanced,
+    optionally row-weighted, gamma = 1 / (components * variance), sklearn's 'scale'), exported to a LinearHead
+    whose logit is the SVM's decision value."""
     from sklearn.svm import SVC
 
-    scaler = StandardScaler().fit(X)
-    Z = scaler.transform(X)
-    pca = PCA(min(components, *Z.shape), random_state=0).fit(Z)
-    # whitening a component with next to no variance would let noise dominate every distance: keep only those
-    # with at least MIN_COMPONENT_VARIANCE of the first's (on the shipped features the 384th has 0.0025)
-    k = int((pca.explained_variance_ >= MIN_COMPONENT_VARIANCE * pca.explained_variance_[0]).sum())
-    sd = np.sqrt(pca.explained_variance_[:k] * (len(Z) - 1) / len(Z))  # the components' std on these rows
-    W = pca.components_[:k].T / sd  # (F, k): standardised features -> unit-variance components
-    P = (Z - pca.mean_) @ W
-    gamma = 1.0 / (k * float(P.var()))
-    svm = SVC(C=C, kernel="rbf", gamma=gamma, class_weight="balanced").fit(P, y, sample_weight=sample_weight)
+    b = KernelBasis.fit(X, components) if basis is None else basis
+    gamma = 1.0 / (b.P.shape[1] * float(b.P.var()))
+    svm = SVC(C=C, kernel="rbf", gamma=gamma, class_weight="balanced").fit(b.P, y, sample_weight=sample_weight)
     return LinearHead(
-        mean=torch.from_numpy(scaler.mean_),
-        scale=torch.from_numpy(scaler.scale_),
+        mean=torch.from_numpy(b.mean),
+        scale=torch.from_numpy(b.scale),
         coef=torch.from_numpy(svm.dual_coef_[0]),
         intercept=float(svm.intercept_[0]),
-        projection=torch.from_numpy(W),
-        offset=torch.from_numpy(-(pca.mean_ @ W)),
+        projection=torch.from_numpy(b.W),
+        offset=torch.from_numpy(b.offset),
         centers=torch.from_numpy(svm.support_vectors_),
         gamma=gamma,
         **head,
@@ -185,10 +212,13 @@ def select_kernel_on_dev(
     table: dict[str, dict[str, float]] = {}
     best: tuple[float, tuple[int, float, float]] = (-1.0, (0, 1.0, 0.0))
     for k in KERNEL_COMPONENTS:
+        basis = KernelBasis.fit(X[train], k)
         for w in ONPOLICY_WEIGHTS if data.onpolicy[train].any() else (1.0,):
             cell = table.setdefault(f"pca{k} w{w:g}", {})
             for C in KERNEL_C:
-                h = fit_kernel_head(X[train], y[train], C, k, data.weights(w)[train], kind="cv", name="cv", features={})
+                h = fit_kernel_head(
+                    X[train], y[train], C, k, data.weights(w)[train], basis, kind="cv", name="cv", features={}
+                )
                 a = auc(y[dev], h.logit(torch.from_numpy(X[dev]).float())) or 0.5
                 cell[str(C)] = round(float(a), 4)
                 if a > best[0]:
@@ -209,21 +239,22 @@ def fit_chosen(
         f"logistic head's by {KERNEL_MARGIN} or more (here {kernel_dev:.4f} vs {linear_dev:.4f})",
         "dev_auc_kernel": kernel_table,
     }
-    logistic = {"head": "logistic", "onpolicy_weight": w, "C": C}
-    if kernel_dev < linear_dev + KERNEL_MARGIN:
-        record.update(chosen=logistic, calibration="none (logistic)")
-        return fit_head(X[train], y[train], C, data.weights(w)[train], **about), record
-    head = fit_kernel_head(X[train], y[train], kC, k, data.weights(kw)[train], **about)
-    sel = data.selection_rows()
-    try:
-        ab = calibrate(head, head.logit(torch.from_numpy(X[sel]).float()).numpy(), y[sel])
-    except ConfigError as e:  # its dev scores do not rank the labels: keep the logistic head, say why
-        record.update(chosen=logistic, calibration=f"kernel head refused: {e}")
-        return fit_head(X[train], y[train], C, data.weights(w)[train], **about), record
-    record["calibration"] = {**ab, "rows": "the dev split's on-policy answers (the selection rows)"}
-    kept = 0 if head.projection is None else int(head.projection.shape[1])
-    record["chosen"] = {"head": "rbf-svm", "components": k, "components_kept": kept, "onpolicy_weight": kw, "C": kC}
-    return head, record
+    if kernel_dev >= linear_dev + KERNEL_MARGIN:
+        head = fit_kernel_head(X[train], y[train], kC, k, data.weights(kw)[train], **about)
+        sel = data.selection_rows()
+        try:
+            ab = calibrate(head, head.logit(torch.from_numpy(X[sel]).float()).numpy(), y[sel])
+        except ConfigError as e:  # its dev scores do not rank the labels: keep the logistic head, say why
+            record["calibration"] = f"kernel head refused: {e}"
+        else:
+            record["calibration"] = {**ab, "rows": "the dev split's on-policy answers (the selection rows)"}
+            kept = 0 if head.projection is None else int(head.projection.shape[1])
+            record["chosen"] = {"head": "rbf-svm", "components": k, "components_kept": kept}
+            record["chosen"].update(onpolicy_weight=kw, C=kC)
+            return head, record
+    record.setdefault("calibration", "none (logistic)")
+    record["chosen"] = {"head": "logistic", "onpolicy_weight": w, "C": C}
+    return fit_head(X[train], y[train], C, data.weights(w)[train], **about), record
 
 
 @dataclass
