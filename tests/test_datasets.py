@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -265,7 +266,7 @@ def test_onpolicy_labels_missing_version_is_an_asset_error(tmp_path, monkeypatch
 
 
 @pytest.mark.assets
-@pytest.mark.parametrize("version", [datasets.ONPOLICY_VERSION, 3])
+@pytest.mark.parametrize("version", [datasets.ONPOLICY_VERSION, 4])
 def test_shipped_onpolicy_labels_are_split_by_prompt_and_hold_no_evaluation_prompt(version):
     rows = datasets.onpolicy_labels(version=version)
     assert len(rows) >= 2000
@@ -280,13 +281,55 @@ def test_shipped_onpolicy_labels_are_split_by_prompt_and_hold_no_evaluation_prom
 
 
 @pytest.mark.assets
-def test_onpolicy_default_is_v3_plus_round_5_training_answers():
-    """v4 (the default, what the shipped heads are fitted on) adds round 5 without touching a row of v3."""
-    assert datasets.ONPOLICY_VERSION == 4
-    old = {a.id: a for a in datasets.onpolicy_labels(version=3)}
+def test_onpolicy_default_is_v4_plus_the_panel_readings():
+    """v5 (the default) is v4's answers with a panel's readings added on dev and test: every answer to a
+    harmful prompt there read at least twice, a third time where two readers split on compliance, and the
+    label changed only where three readings outvote the first."""
+    assert datasets.ONPOLICY_VERSION == 5
+    old = {a.id: a for a in datasets.onpolicy_labels(version=4)}
     new = {a.id: a for a in datasets.onpolicy_labels()}
-    assert old.keys() < new.keys()
-    assert all(new[k] == a for k, a in old.items())
-    added = [new[k] for k in new.keys() - old.keys()]
-    assert {a.round for a in added} == {5} and {a.split for a in added} == {"train"}
-    assert {a.writer["method"] for a in added} == {"inferenceguard"}
+    assert old.keys() == new.keys()
+    changed = 0
+    for k, a in old.items():
+        b = new[k]
+        assert b.readings[: len(a.readings)] == a.readings
+        assert dataclasses.replace(b, readings=a.readings, label=a.label) == a  # nothing else moved
+        assert b.label == datasets.majority_label(b.readings)
+        if b.readings != a.readings:
+            assert (b.split, b.kind) in {("dev", "harmful"), ("test", "harmful")}
+        if b.label != a.label:
+            changed += 1
+            assert len(b.readings) >= 3
+    assert changed > 0
+    for b in new.values():
+        if b.kind == "harmful" and b.split in ("dev", "test"):
+            votes = [label in datasets.UNSAFE_READINGS for _, label in b.readings]
+            assert len(votes) >= 2
+            assert len(set(votes)) == 1 or len(votes) >= 3, b.id
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        (["COMPLY"], "COMPLY"),
+        (["COMPLY", "OTHER"], "COMPLY"),  # two readings: the first stands, even when they disagree
+        (["COMPLY", "OTHER", "OTHER"], "OTHER"),  # outvoted
+        (["OTHER", "COMPLY", "COMPLY"], "COMPLY"),
+        (["COMPLY", "OTHER", "REFUSE"], "OTHER"),  # the safe side wins 2-1, then its earliest label on a tie
+        (["COMPLY", "REFUSE", "OTHER", "OTHER"], "OTHER"),  # 3-1, then the side's most common label
+        (["COMPLY", "OTHER", "COMPLY", "REFUSE"], "COMPLY"),  # an even split keeps the first reading
+        (["OTHER", "COMPLY", "REFUSE", "HARMFUL"], "OTHER"),
+        (["HELPFUL", "UNHELPFUL", "UNHELPFUL"], "UNHELPFUL"),  # a benign answer: the same rule, one side
+    ],
+)
+def test_majority_label(labels, expected):
+    readings = [(f"reader-{i}", label) for i, label in enumerate(labels)]
+    assert datasets.majority_label(readings) == expected
+    # ``first`` (the first pass's label where the order does not say it) stands wherever the first reading does
+    stands = len(labels) < 3 or 2 * sum(x in datasets.UNSAFE_READINGS for x in labels) == len(labels)
+    assert (datasets.majority_label(readings, first="REFUSE") == "REFUSE") == (stands or expected == "REFUSE")
+
+
+def test_majority_label_needs_a_reading():
+    with pytest.raises(ValueError, match="no readings"):
+        datasets.majority_label([])

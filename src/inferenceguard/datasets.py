@@ -19,6 +19,8 @@ import hashlib
 import io
 import json
 import re
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -439,9 +441,10 @@ def labelling_pools() -> list[PoolPrompt]:
 
 # ---- on-policy reading labels (shipped with the package) -------------------------------------------------------
 
-# v4 = v3 + round 5 (the heads shipped since round 5 are fitted on v4); v3 = v2 + round 4 (kept, so a test checks
-# that v4 changed no earlier row); v1 (rounds 1-2) and v2 (+ round 3) are in git history.
-ONPOLICY_VERSION = 4
+# v5 = v4 with the panel's readings: every dev/test answer to a harmful prompt read a second time, a third reader
+# where two disagreed, the label then the majority's (the shipped heads are fitted on v5); v4 = v3 + round 5 (kept,
+# so a test checks that v5 changed only dev/test labels, and only as the majority says); v1-v3 are in git history.
+ONPOLICY_VERSION = 5
 ONPOLICY_DIR = Path(__file__).resolve().parent / "assets" / "labels"
 READING_LABELS = {
     "harmful": ("COMPLY", "REFUSE", "OTHER"),
@@ -450,11 +453,29 @@ READING_LABELS = {
 UNSAFE_READINGS = frozenset({"COMPLY", "HARMFUL"})
 
 
+def majority_label(readings: Sequence[Sequence[str]], first: str | None = None) -> str:
+    """The label of an answer from its readings, (labeller, label) in reading order (docs/labelling.md, "The
+    panel"). Read once or twice, the first reading stands; three or more times, the side (unsafe or not) most
+    readers took, then the label most of that side gave (the earliest on a tie); an even split keeps the first.
+    ``first`` is the first pass's label where the readings' order does not say it (default: ``readings[0]``)."""
+    labels = [label for _, label in readings]
+    if not labels:
+        raise ValueError("majority_label: no readings")
+    first = labels[0] if first is None else first
+    unsafe = sum(x in UNSAFE_READINGS for x in labels)
+    if len(labels) < 3 or unsafe * 2 == len(labels):
+        return first
+    side = [x for x in labels if (x in UNSAFE_READINGS) == (unsafe * 2 > len(labels))]
+    counts = Counter(side)
+    return max(side, key=lambda x: (counts[x], -side.index(x)))
+
+
 @dataclass(frozen=True)
 class LabelledAnswer:
     """One answer of the embedded base model, labelled by reading (docs/labelling.md).
 
-    ``label`` is the primary reading (rubric vocabulary for ``kind``); ``readings`` every reading as
+    ``label`` is the first reading, or the majority's where three or more readers read the answer (rubric
+    vocabulary for ``kind``; docs/labelling.md, "The panel"); ``readings`` every reading as
     (labeller, label); ``writer`` the model and settings that wrote the answer (method, sampling, the cost
     model guiding it); ``split`` the prompt's split (:func:`split_of`); ``source`` the prompt's pool."""
 
@@ -472,7 +493,7 @@ class LabelledAnswer:
 
     @property
     def harmful(self) -> bool:
-        """Whether the primary reading calls the answer harmful (COMPLY, or HARMFUL content)."""
+        """Whether the label calls the answer harmful (COMPLY, or HARMFUL content)."""
         return self.label in UNSAFE_READINGS
 
     def row(self) -> Row:
