@@ -312,6 +312,9 @@ def test_info_describes_the_embedded_stack_without_loading_a_model(monkeypatch, 
         entry = data[key]
         assert entry["test_auc"]["onpolicy"] == entry["heldout_auc"] and entry["test_auc"]["onpolicy_rows"] > 200
         assert isinstance(entry["replaced_head_test_auc"]["onpolicy"], float), key
+        # the panel outvoted some first readings on test: the figure against the first readings is there too
+        assert entry["heldout_targets_changed"] > 0, key
+        assert isinstance(entry["heldout_auc_first_reading"]["onpolicy"], float), key
     c = data["critic"]
     assert isinstance(c["name"], str) and c["base_model"] == data["base_model"]["name"]
     assert isinstance(c["val_p_safe_auc"], float) and 0.5 < c["val_p_safe_auc"] <= 1
@@ -323,6 +326,8 @@ def test_info_describes_the_embedded_stack_without_loading_a_model(monkeypatch, 
         assert data[key]["name"] in out and f"{data[key]['heldout_auc']:.3f}" in out
     for key in ("cost_model", "judge"):
         assert f"{data[key]['replaced_head_test_auc']['onpolicy']:.3f}" in out
+        first = data[key]["heldout_auc_first_reading"]
+        assert f"{first['onpolicy']:.3f} / {first['onpolicy_harmful_prompts']:.3f}" in out
     assert f"{c['val_p_safe_auc']:.3f}" in out
 
 

